@@ -1,0 +1,56 @@
+"""transformers_rime: generative and discriminative multimodal embeddings (RIME) on Hugging Face.
+
+`import transformers_rime` registers RIME with the transformers auto classes. Training, sentence-transformers
+and evaluation pieces are imported lazily, so importing the package never pulls in trl, peft or
+sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .models.rime import (
+    RimeConfig,
+    RimeEmbeddingOutput,
+    RimeForEmbedding,
+    RimeGenerationOutput,
+    RimeProcessor,
+    register_rime,
+)
+
+
+__version__ = "0.1.0"
+
+register_rime()
+
+_LAZY = {
+    "RimeEncoder": ".encoder",
+    "SearchHit": ".encoder",
+}
+
+if TYPE_CHECKING:
+    from .encoder import RimeEncoder, SearchHit
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "RimeConfig",
+    "RimeEmbeddingOutput",
+    "RimeEncoder",
+    "RimeForEmbedding",
+    "RimeGenerationOutput",
+    "RimeProcessor",
+    "SearchHit",
+    "__version__",
+    "register_rime",
+]

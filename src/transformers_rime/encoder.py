@@ -1,0 +1,266 @@
+"""`RimeEncoder`: the everyday entry point (model + processor + batching, progress and search)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .inputs import RimeInput, parse_inputs
+from .models.rime.modeling_rime import RimeForEmbedding
+from .models.rime.processing_rime import MODES, ROLES, check_choice, RimeProcessor
+
+
+PROMPT_FIELDS = ("query_instruction", "document_instruction", "gen_instruction", "rewrite_start", "rewrite_end",
+                 "disc_emb_token", "gen_emb_token")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: the corpus position of a hit and its cosine similarity."""
+
+    corpus_id: int
+    score: float
+
+
+class RimeEncoder:
+    """Embed texts, images, videos and documents with a RIME model, in `disc` or `gen` mode.
+
+    The model's config is the single source of truth for prompts: the encoder copies its instructions and token
+    strings onto the processor.
+
+    Args:
+        model ([`RimeForEmbedding`]): the embedding model.
+        processor ([`RimeProcessor`]): its processor.
+
+    Example:
+
+    ```python
+    >>> from transformers_rime import RimeEncoder
+    >>> from transformers_rime.testing import tiny_rime_model, tiny_rime_processor, random_image
+    >>> processor = tiny_rime_processor()
+    >>> encoder = RimeEncoder(tiny_rime_model(processor=processor), processor)
+    >>> queries = encoder.encode(["a red car", {"text": "what is shown?", "image": random_image()}], mode="gen",
+    ...                          role="query", max_new_tokens=4)
+    >>> queries.shape
+    (2, 64)
+    >>> hits = encoder.search(["a red car"], ["a blue bike", random_image()], top_k=1, query_mode="gen",
+    ...                       corpus_mode="disc", max_new_tokens=4)
+    >>> len(hits[0])
+    1
+    ```
+    """
+
+    def __init__(self, model: RimeForEmbedding, processor: RimeProcessor):
+        self.model = model
+        self.processor = processor
+        for name in PROMPT_FIELDS:
+            setattr(processor, name, getattr(model.config, name))
+        if model.config.disc_emb_token_id != processor.disc_emb_token_id:
+            raise ValueError(
+                f"Model and processor disagree on {model.config.disc_emb_token}: id "
+                f"{model.config.disc_emb_token_id} in the config, {processor.disc_emb_token_id} in the tokenizer."
+            )
+        if model.config.gen_emb_token_id != processor.gen_emb_token_id:
+            raise ValueError(
+                f"Model and processor disagree on {model.config.gen_emb_token}: id "
+                f"{model.config.gen_emb_token_id} in the config, {processor.gen_emb_token_id} in the tokenizer."
+            )
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        **kwargs,
+    ) -> RimeEncoder:
+        """Load model and processor from a RIME directory, a Hub id, or a published RIME / UME-R1 checkpoint.
+
+        Args:
+            pretrained_model_name_or_path: local directory or Hub repository id.
+            device: where to run (default: CUDA if available, else CPU).
+            dtype: model dtype (e.g. `torch.bfloat16`); default: the checkpoint's.
+            kwargs: passed to both `from_pretrained` calls (`revision`, `local_files_only`, `attn_implementation`,
+                ...).
+        """
+        model_kwargs = dict(kwargs)
+        if dtype is not None:
+            model_kwargs["dtype"] = dtype
+        processor_kwargs = {k: v for k, v in kwargs.items() if k != "attn_implementation"}
+        processor = RimeProcessor.from_pretrained(pretrained_model_name_or_path, **processor_kwargs)
+        if not isinstance(processor, RimeProcessor):  # pragma: no cover - from_pretrained returns cls
+            raise TypeError(f"Expected a RimeProcessor, got {type(processor).__name__}.")
+        model = RimeForEmbedding.from_pretrained(
+            pretrained_model_name_or_path, tokenizer=processor.tokenizer, **model_kwargs
+        )
+        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device).eval(), processor)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write model (safetensors) and processor into one directory that `from_pretrained` reads back."""
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.config.hidden_size
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(
+        self,
+        inputs,
+        mode: str = "disc",
+        role: str = "query",
+        instruction: str | None = None,
+        batch_size: int = 8,
+        show_progress_bar: bool | None = None,
+        convert_to: str = "numpy",
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        **generate_kwargs,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed a list of items (or one item).
+
+        Args:
+            inputs: one item or a list of items: `str` (text, or an image path by extension), `PIL.Image`, a list
+                of frames (video), or a dict with `text` / `image` / `images` / `video`.
+            mode: `"disc"` (one forward pass) or `"gen"` (rewrite, then embed at `<gen_emb>`).
+            role: `"query"` or `"document"`, selects the instruction.
+            instruction: overrides the role's instruction.
+            batch_size: items per forward / generate call. Items are sorted by length to limit padding; an item's
+                embedding does not depend on its neighbours.
+            show_progress_bar: `None` shows a bar on a terminal when there is more than one batch.
+            convert_to: `"numpy"` (float32 array) or `"tensor"` (torch, on the model's device).
+            max_new_tokens: rewrite budget in gen mode (default `config.max_new_tokens`).
+            max_length: refuse prompts longer than this many tokens (RIME never truncates).
+            generate_kwargs: passed to `generate` in gen mode (e.g. `do_sample=True`).
+
+        Returns:
+            Embeddings of shape `(len(inputs), dim)`, or `(dim,)` for a single item; L2-normalised.
+        """
+        check_choice("mode", mode, MODES)
+        check_choice("role", role, ROLES)
+        check_choice("convert_to", convert_to, ("numpy", "tensor"))
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        single = not isinstance(inputs, (list, tuple))
+        items = parse_inputs([inputs] if single else list(inputs))
+        dim = self.embedding_dim
+        embeddings = torch.empty(len(items), dim, dtype=torch.float32, device=self.device)
+
+        order = sorted(range(len(items)), key=lambda i: -items[i].estimated_length())
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        progress = tqdm(
+            batches,
+            desc=f"Encoding ({mode}, {role})",
+            disable=(None if show_progress_bar is None else not show_progress_bar) if len(batches) > 1 else True,
+        )
+        for batch_indices in progress:
+            batch = [items[i] for i in batch_indices]
+            embeddings[batch_indices] = self._encode_batch(
+                batch, mode, role, instruction, max_new_tokens, max_length, generate_kwargs
+            ).float()
+
+        result = embeddings[0] if single else embeddings
+        return result.cpu().numpy() if convert_to == "numpy" else result
+
+    def encode_queries(self, inputs, mode: str = "disc", **kwargs):
+        """`encode(inputs, role="query", ...)`."""
+        return self.encode(inputs, mode=mode, role="query", **kwargs)
+
+    def encode_documents(self, inputs, mode: str = "disc", **kwargs):
+        """`encode(inputs, role="document", ...)`."""
+        return self.encode(inputs, mode=mode, role="document", **kwargs)
+
+    def _encode_batch(self, items: list[RimeInput], mode, role, instruction, max_new_tokens, max_length,
+                      generate_kwargs) -> torch.Tensor:
+        features = self.processor(
+            text=[item.text for item in items],
+            images=[item.images or None for item in items],
+            videos=[item.video for item in items],
+            mode=mode,
+            role=role,
+            instruction=instruction,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        features = features.to(self.device)
+        if "pixel_values" in features:
+            features["pixel_values"] = features["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            if mode == "disc":
+                return self.model(**features).embeddings
+            output = self.model.generate_embeddings(**features, max_new_tokens=max_new_tokens, **generate_kwargs)
+            return output.embeddings
+
+    # ------------------------------------------------------------------ similarity and search
+
+    @staticmethod
+    def similarity(a, b):
+        """Cosine similarity matrix of two sets of (normalised) embeddings: `(N, D)`, `(M, D)` -> `(N, M)`."""
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            a, b = torch.as_tensor(a), torch.as_tensor(b)
+            return torch.atleast_2d(a).float() @ torch.atleast_2d(b).float().T
+        return np.atleast_2d(a).astype(np.float32) @ np.atleast_2d(b).astype(np.float32).T
+
+    def search(
+        self,
+        queries,
+        corpus=None,
+        top_k: int = 10,
+        query_mode: str = "disc",
+        corpus_mode: str = "disc",
+        corpus_embeddings: np.ndarray | torch.Tensor | None = None,
+        query_instruction: str | None = None,
+        corpus_instruction: str | None = None,
+        batch_size: int = 8,
+        show_progress_bar: bool | None = None,
+        **encode_kwargs,
+    ) -> list[list[SearchHit]]:
+        """Rank `corpus` for each query. Any mode pair works (Cross-Mode Alignment puts both in one space).
+
+        Args:
+            queries: items to search with (see `encode`).
+            corpus: items to search in; may be omitted when `corpus_embeddings` is given.
+            top_k: hits per query (at most the corpus size).
+            query_mode: `"disc"` or `"gen"` for the queries.
+            corpus_mode: `"disc"` or `"gen"` for the corpus (ignored with `corpus_embeddings`).
+            corpus_embeddings: a precomputed corpus index (`(M, D)`), e.g. from `encode_documents`.
+            query_instruction / corpus_instruction: override the role instructions.
+            encode_kwargs: passed to `encode` (`max_new_tokens`, ...).
+
+        Returns:
+            For each query, `top_k` [`SearchHit`]s sorted by decreasing score.
+        """
+        if corpus_embeddings is None:
+            if corpus is None:
+                raise ValueError("search needs `corpus` or `corpus_embeddings`.")
+            corpus_embeddings = self.encode_documents(
+                list(corpus), mode=corpus_mode, instruction=corpus_instruction, batch_size=batch_size,
+                show_progress_bar=show_progress_bar, **encode_kwargs,
+            )
+        query_embeddings = self.encode_queries(
+            list(queries), mode=query_mode, instruction=query_instruction, batch_size=batch_size,
+            show_progress_bar=show_progress_bar, **encode_kwargs,
+        )
+        scores = self.similarity(torch.as_tensor(query_embeddings).cpu(), torch.as_tensor(corpus_embeddings).cpu())
+        k = min(top_k, scores.shape[1])
+        values, indices = scores.topk(k, dim=1)
+        return [
+            [SearchHit(int(i), float(v)) for v, i in zip(row_values, row_indices)]
+            for row_values, row_indices in zip(values.tolist(), indices.tolist())
+        ]
+
+
+__all__ = ["RimeEncoder", "SearchHit"]

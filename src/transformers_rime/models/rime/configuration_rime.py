@@ -1,0 +1,159 @@
+# Copyright 2026 The transformers_rime authors. Licensed under the Apache License, Version 2.0.
+"""RIME model configuration.
+
+This file ships to the Hub next to the weights (``trust_remote_code``): it imports only ``transformers`` and
+stays self-contained.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig
+
+
+try:  # transformers >= 5 spells it PreTrainedConfig; the old alias is kept for older releases
+    from transformers import PreTrainedConfig
+except ImportError:  # pragma: no cover
+    from transformers import PretrainedConfig as PreTrainedConfig
+
+
+DISC_EMB_TOKEN = "<disc_emb>"
+GEN_EMB_TOKEN = "<gen_emb>"
+REWRITE_START = "<rewrite>"
+REWRITE_END = "</rewrite>"
+DEFAULT_QUERY_INSTRUCTION = "Represent the given query for retrieval:"
+DEFAULT_DOCUMENT_INSTRUCTION = "Represent the given content:"
+DEFAULT_GEN_INSTRUCTION = (
+    "Represent the above input text, images, videos, or any combination of the three as embeddings. "
+    "First rewrite the input into a concise, retrieval-friendly description in {rewrite_start} {rewrite_end} "
+    "tags, then use the {gen_emb_token} tag to represent the entire input."
+)
+SUPPORTED_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+POOLING_MODES = ("token", "last")
+
+
+class RimeConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`RimeForEmbedding`] model: a Qwen-VL backbone plus every choice RIME makes on top of it.
+
+    RIME reads two embeddings from one set of weights: the *discriminative* one at the `<disc_emb>` token that
+    closes the user turn (one forward pass), and the *generative* one at the `<gen_emb>` token the model emits
+    after writing a short `<rewrite>...</rewrite>` of its input.
+
+    Args:
+        vlm_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the backbone (`qwen2_vl`, `qwen2_5_vl` or `qwen3_vl`). A dict is turned into the
+            matching config class through its `model_type`. Defaults to a Qwen2-VL configuration.
+        disc_emb_token (`str`, *optional*, defaults to `"<disc_emb>"`):
+            Token whose last-layer hidden state is the discriminative embedding.
+        gen_emb_token (`str`, *optional*, defaults to `"<gen_emb>"`):
+            Token the model generates after its rewrite; its hidden state is the generative embedding.
+        disc_emb_token_id (`int`, *optional*):
+            Id of `disc_emb_token` in the tokenizer. Filled in by the processor/loader; required to embed.
+        gen_emb_token_id (`int`, *optional*):
+            Id of `gen_emb_token` in the tokenizer. Required for generative embeddings.
+        end_of_turn_token_ids (`list[int]`, *optional*):
+            Tokens that end the assistant turn (`<|im_end|>`, `<|endoftext|>`). If the model emits one before
+            `<gen_emb>`, it is replaced by `<gen_emb>` (and the item is flagged unfinished).
+        rewrite_start (`str`, *optional*, defaults to `"<rewrite>"`):
+            Opening tag of the rewrite. Plain text, not an added token.
+        rewrite_end (`str`, *optional*, defaults to `"</rewrite>"`):
+            Closing tag of the rewrite.
+        pooling (`str`, *optional*, defaults to `"token"`):
+            Where an embedding is read: `"token"` takes the hidden state at the last occurrence of the embedding
+            token in each row (any padding side); `"last"` takes the last non-padding position.
+        normalize (`bool`, *optional*, defaults to `True`):
+            L2-normalise embeddings, so that a dot product is a cosine similarity.
+        max_new_tokens (`int`, *optional*, defaults to 128):
+            Default budget for the rewrite in generative mode (`<gen_emb>` excluded).
+        query_instruction (`str`, *optional*):
+            Text placed before a query's own text (`role="query"`).
+        document_instruction (`str`, *optional*):
+            Text placed before a document's own text (`role="document"`).
+        gen_instruction (`str`, *optional*):
+            Instruction that follows `<disc_emb>` in generative mode and asks for the rewrite. `{rewrite_start}`,
+            `{rewrite_end}` and `{gen_emb_token}` are filled in from the fields above.
+
+    Example:
+
+    ```python
+    >>> from transformers_rime import RimeConfig
+    >>> config = RimeConfig(vlm_config={"model_type": "qwen2_vl"})
+    >>> config.vlm_config.model_type, config.pooling, config.max_new_tokens
+    ('qwen2_vl', 'token', 128)
+    ```
+    """
+
+    model_type = "rime"
+    # A plain dict (not 5.24's SubConfigSpec) so the same file works on every 5.x release; it lets
+    # `attn_implementation` and `dtype` reach the backbone.
+    sub_configs = {"vlm_config": AutoConfig}
+
+    vlm_config: dict | PreTrainedConfig | None = None
+    disc_emb_token: str = DISC_EMB_TOKEN
+    gen_emb_token: str = GEN_EMB_TOKEN
+    disc_emb_token_id: int | None = None
+    gen_emb_token_id: int | None = None
+    end_of_turn_token_ids: list[int] | None = None
+    rewrite_start: str = REWRITE_START
+    rewrite_end: str = REWRITE_END
+    pooling: str = "token"
+    normalize: bool = True
+    max_new_tokens: int = 128
+    query_instruction: str | None = DEFAULT_QUERY_INSTRUCTION
+    document_instruction: str | None = DEFAULT_DOCUMENT_INSTRUCTION
+    gen_instruction: str = DEFAULT_GEN_INSTRUCTION
+
+    def __post_init__(self, **kwargs):
+        vlm_config = self.vlm_config if self.vlm_config is not None else {"model_type": "qwen2_vl"}
+        if isinstance(vlm_config, dict):
+            vlm_config = dict(vlm_config)
+            vlm_config = AutoConfig.for_model(vlm_config.pop("model_type", "qwen2_vl"), **vlm_config)
+        self.vlm_config = vlm_config
+        super().__post_init__(**kwargs)
+        self.validate_rime_fields()
+
+    def validate_rime_fields(self) -> None:
+        """Raise a `ValueError` naming the field when a RIME setting cannot work."""
+        if self.vlm_config.model_type not in SUPPORTED_BACKBONES:
+            raise ValueError(
+                f"RimeConfig: backbone `{self.vlm_config.model_type}` is not supported; "
+                f"use one of {', '.join(SUPPORTED_BACKBONES)}."
+            )
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"RimeConfig: `pooling` must be one of {POOLING_MODES}, got {self.pooling!r}.")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"RimeConfig: `max_new_tokens` must be a positive integer, got {self.max_new_tokens!r}.")
+        if self.disc_emb_token == self.gen_emb_token:
+            raise ValueError("RimeConfig: `disc_emb_token` and `gen_emb_token` must differ.")
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding dimension: the backbone's text hidden size (no projection head)."""
+        return self.vlm_config.get_text_config().hidden_size
+
+    def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
+        return self.vlm_config.get_text_config(*args, **kwargs)
+
+    def formatted_gen_instruction(self) -> str:
+        """`gen_instruction` with the token and tag placeholders filled in."""
+        return format_gen_instruction(self.gen_instruction, self.rewrite_start, self.rewrite_end, self.gen_emb_token)
+
+
+def format_gen_instruction(template: str, rewrite_start: str, rewrite_end: str, gen_emb_token: str) -> str:
+    """Fill `{rewrite_start}`, `{rewrite_end}` and `{gen_emb_token}` in a generation instruction.
+
+    Example:
+
+    ```python
+    >>> format_gen_instruction("Write {rewrite_start}...{rewrite_end} then {gen_emb_token}.", "<r>", "</r>", "<g>")
+    'Write <r>...</r> then <g>.'
+    ```
+    """
+    return (
+        template.replace("{rewrite_start}", rewrite_start)
+        .replace("{rewrite_end}", rewrite_end)
+        .replace("{gen_emb_token}", gen_emb_token)
+    )
+
+
+__all__ = ["RimeConfig"]

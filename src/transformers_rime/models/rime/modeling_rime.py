@@ -1,0 +1,525 @@
+# Copyright 2026 The transformers_rime authors. Licensed under the Apache License, Version 2.0.
+"""RIME embedding model: discriminative and generative embeddings from one Qwen-VL backbone.
+
+This file ships to the Hub next to the weights (``trust_remote_code``): it imports only torch, ``transformers``
+and its sibling configuration file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_rime import PreTrainedConfig, RimeConfig
+
+
+# --------------------------------------------------------------------------- pooling (pure functions)
+
+
+def last_token_positions(input_ids: torch.LongTensor, token_id: int, token_name: str = "token") -> torch.LongTensor:
+    """Index of the last occurrence of `token_id` in each row of `input_ids` (`(B, L)` -> `(B,)`).
+
+    Works for any padding side. A row without the token raises a `ValueError` naming the row.
+
+    ```python
+    >>> last_token_positions(torch.tensor([[0, 7, 5, 7, 0], [7, 1, 2, 3, 4]]), 7).tolist()
+    [3, 0]
+    ```
+    """
+    matches = input_ids == token_id
+    missing = (~matches.any(dim=1)).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(f"No {token_name} (id {token_id}) in batch row(s) {missing}; was the prompt truncated?")
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return torch.where(matches, positions, -1).amax(dim=1)
+
+
+def last_nonpad_positions(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Index of the last attended position of each row (`(B, L)` -> `(B,)`), for left or right padding.
+
+    ```python
+    >>> last_nonpad_positions(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+    [2, 1]
+    ```
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), positions, -1).amax(dim=1)
+
+
+def gather_positions(hidden_states: torch.Tensor, positions: torch.LongTensor) -> torch.Tensor:
+    """Pick one hidden state per row: `(B, L, D)`, `(B,)` -> `(B, D)`."""
+    return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), positions]
+
+
+def normalize_embeddings(embeddings: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """L2-normalise along the last dimension (in float32 for stability), or return as is."""
+    return F.normalize(embeddings.float(), p=2, dim=-1).to(embeddings.dtype) if normalize else embeddings
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class RimeEmbeddingOutput(ModelOutput):
+    """
+    Output of [`RimeForEmbedding.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Language-modelling loss on `labels` (e.g. the rewrite and `<gen_emb>` in training).
+        embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Discriminative embeddings: last-layer hidden state at each row's last `<disc_emb>`, L2-normalised if
+            `config.normalize`.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            The backbone's last-layer hidden states (after its final norm).
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
+            LM logits, when `labels` are given or `output_logits=True`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Every layer's hidden states, when `output_hidden_states=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class RimeGenerationOutput(ModelOutput):
+    """
+    Output of [`RimeForEmbedding.generate_embeddings`].
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Generative embeddings: last-layer hidden state at the generated (or appended) `<gen_emb>`.
+        disc_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Discriminative embeddings read from the same prefill, at `<disc_emb>`.
+        sequences (`torch.LongTensor` of shape `(batch_size, new_length)`):
+            The new tokens only (rewrite, then `<gen_emb>`), right-padded with the pad token.
+        num_new_tokens (`torch.LongTensor` of shape `(batch_size,)`):
+            Tokens the model generated, counting a generated `<gen_emb>` but not an appended one.
+        finished (`torch.BoolTensor` of shape `(batch_size,)`):
+            Whether the model generated `<gen_emb>` itself. `False` means it ran out of `max_new_tokens` or ended
+            its turn first; `<gen_emb>` was then appended after its tokens (an end-of-turn token dropped).
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    disc_embeddings: torch.FloatTensor | None = None
+    sequences: torch.LongTensor | None = None
+    num_new_tokens: torch.LongTensor | None = None
+    finished: torch.BoolTensor | None = None
+
+
+# --------------------------------------------------------------------------- generation helpers
+
+
+class GenEmbLogitsProcessor(LogitsProcessor):
+    """Makes every row end with `<gen_emb>` and records which ones the model did not choose itself.
+
+    - Greedy: where the best token ends the turn, `<gen_emb>` is emitted instead (exactly the token the model would
+      otherwise have stopped on), flagged as substituted.
+    - Sampling: the end-of-turn probability mass is moved onto `<gen_emb>`; a draw of a moved share is flagged
+      substituted (decided with a uniform draw, so the flag is exact in distribution).
+    - When `max_new_tokens` tokens were generated without `<gen_emb>`, it is forced (substituted).
+    """
+
+    def __init__(self, gen_emb_id: int, end_ids: list[int], prompt_length: int, max_new_tokens: int,
+                 do_sample: bool, batch_size: int, device: torch.device):
+        self.gen_emb_id = gen_emb_id
+        self.end_ids = torch.tensor(sorted(set(end_ids) - {gen_emb_id}), dtype=torch.long, device=device)
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+        self.do_sample = do_sample
+        # substitute_share[b, t]: probability that a <gen_emb> emitted at step t is a substitute (0 or 1 if greedy)
+        self.substitute_share = torch.zeros(batch_size, max_new_tokens + 2, device=device)
+        # Greedy decisions are certain (share 0 or 1), so no random draw is needed (and the global RNG is untouched).
+        shape = (batch_size, max_new_tokens + 2)
+        self.draws = torch.rand(shape, device=device) if do_sample else torch.zeros(shape, device=device)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        active = ~(input_ids[:, self.prompt_length:] == self.gen_emb_id).any(dim=1)  # (B,) no <gen_emb> yet
+        if not active.any():
+            return scores
+        scores = scores.clone()
+        if step >= self.max_new_tokens:
+            scores[active] = float("-inf")
+            scores[active, self.gen_emb_id] = 0.0
+            self.substitute_share[active, step] = 1.0
+            return scores
+        if len(self.end_ids) == 0:
+            return scores
+        end_scores = scores[:, self.end_ids]  # (B, E)
+        if self.do_sample:
+            end_mass = torch.logsumexp(end_scores, dim=1)  # (B,)
+            merged = torch.logaddexp(scores[:, self.gen_emb_id], end_mass)
+            share = torch.exp(end_mass - merged).nan_to_num(0.0)
+            self.substitute_share[active, step] = share[active]
+            scores[active, self.gen_emb_id] = merged[active]
+            scores[active.nonzero(), self.end_ids] = float("-inf")
+        else:
+            ends_turn = active & (end_scores.amax(dim=1) >= scores.amax(dim=1))
+            scores[ends_turn] = float("-inf")
+            scores[ends_turn, self.gen_emb_id] = 0.0
+            self.substitute_share[ends_turn, step] = 1.0
+        return scores
+
+    def substituted(self, steps: torch.LongTensor) -> torch.BoolTensor:
+        """Whether the `<gen_emb>` emitted by each row at `steps[b]` was a substitute."""
+        rows = torch.arange(len(steps), device=steps.device)
+        return self.draws[rows, steps] < self.substitute_share[rows, steps]
+
+
+class StopAfterGenEmb(StoppingCriteria):
+    """A row is done once its `<gen_emb>` has been fed back through the model (one token after it)."""
+
+    def __init__(self, gen_emb_id: int, prompt_length: int):
+        self.gen_emb_id = gen_emb_id
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return (input_ids[:, self.prompt_length:-1] == self.gen_emb_id).any(dim=1)
+
+
+class LastLayerCapture:
+    """Forward hook on the text decoder that keeps only what embeddings need.
+
+    From the prefill it keeps the states at `prefill_positions` (`(B, D)`); from each decode step the state of the
+    single new position (`(B, D)`). Nothing else is stored, unlike `output_hidden_states=True`, which keeps every
+    layer at every step.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, prefill_positions: torch.LongTensor):
+        self.decoder = decoder
+        self.prefill_positions = prefill_positions
+        self.prefill_states: torch.Tensor | None = None
+        self.step_states: list[torch.Tensor] = []
+        self._handle = None
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        if self.prefill_states is None:
+            self.prefill_states = gather_positions(hidden, self.prefill_positions)
+        elif hidden.shape[1] == 1:
+            self.step_states.append(hidden[:, -1])
+        else:
+            raise RuntimeError("RIME generation expects one token per decoding step (no assisted decoding).")
+
+    def __enter__(self):
+        self._handle = self.decoder.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+GREEDY_DEFAULTS = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+# --------------------------------------------------------------------------- model
+
+
+class RimePreTrainedModel(PreTrainedModel):
+    config_class = RimeConfig
+    base_model_prefix = "rime"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module):
+        self.vlm._init_weights(module)
+
+
+class RimeForEmbedding(RimePreTrainedModel):
+    r"""
+    A Qwen-VL backbone (`self.vlm`, a stock `...ForConditionalGeneration`, so it can generate) read out as a RIME
+    embedding model.
+
+    - [`~RimeForEmbedding.forward`]: one pass, discriminative embedding at `<disc_emb>` (and the LM loss on
+      `labels` for training).
+    - [`~RimeForEmbedding.generate_embeddings`]: greedy rewrite, then the generative embedding at `<gen_emb>`,
+      plus the discriminative embedding from the same prefill.
+
+    `from_pretrained` loads both this class's own checkpoints and the published RIME / UME-R1 layout (a plain
+    `qwen2_vl` checkpoint whose tokenizer has `<gen_emb>` / `<disc_emb>`).
+
+    Example:
+
+    ```python
+    >>> from transformers_rime.testing import tiny_rime_model, tiny_rime_processor
+    >>> processor = tiny_rime_processor()
+    >>> model = tiny_rime_model(processor=processor)
+    >>> out = model.generate_embeddings(**processor(text=["a red car"], mode="gen", return_tensors="pt"),
+    ...                                 max_new_tokens=4)
+    >>> tuple(out.embeddings.shape), tuple(out.disc_embeddings.shape)
+    ((1, 64), (1, 64))
+    ```
+    """
+
+    def __init__(self, config: RimeConfig, vlm: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.vlm = vlm if vlm is not None else AutoModelForImageTextToText.from_config(config.vlm_config)
+        self._backbone_inputs = set(inspect.signature(self.vlm.model.forward).parameters) - {"kwargs", "self"}
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.vlm.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.vlm.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.vlm.get_output_embeddings()
+
+    @property
+    def text_decoder(self) -> torch.nn.Module:
+        """The backbone's text model; its output is the last-layer hidden state after the final norm."""
+        return self.vlm.model.language_model
+
+    def _embedding_token_id(self, name: str) -> int:
+        token_id = getattr(self.config, f"{name}_token_id")
+        if token_id is None:
+            raise ValueError(
+                f"config.{name}_token_id is not set; build the model with a RimeProcessor "
+                f"(`processor.apply_token_ids(model.config)`) or load it with `from_pretrained`."
+            )
+        return token_id
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> RimeEmbeddingOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Token ids from [`RimeProcessor`]; each row must contain `<disc_emb>` (with `pooling="token"`).
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 for real tokens, 0 for padding (either side).
+            pixel_values (`torch.Tensor` of shape `(num_patches, patch_dim)`, *optional*):
+                Flattened image patches from the processor.
+            image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
+                Patch grid of each image.
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Next-token targets (-100 is ignored); adds `loss` and `logits` to the output.
+            output_logits (`bool`, *optional*):
+                Also return the LM logits over every position.
+            output_hidden_states (`bool`, *optional*):
+                Also return every layer's hidden states.
+            return_dict (`bool`, *optional*):
+                Return a [`RimeEmbeddingOutput`] (default) or a tuple.
+            use_cache (`bool`, *optional*):
+                Accepted for API compatibility; the embedding pass never builds a cache.
+            kwargs:
+                Other backbone inputs (`mm_token_type_ids`, `position_ids`, ...) are passed on; unknown keys (such
+                as sentence-transformers' bookkeeping) are ignored.
+
+        Returns:
+            [`RimeEmbeddingOutput`] with `embeddings` of shape `(batch_size, hidden_size)`.
+        """
+        return_dict = return_dict if return_dict is not None else True
+        backbone_kwargs = {k: v for k, v in kwargs.items() if k in self._backbone_inputs}
+        outputs = self.vlm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            output_hidden_states=output_hidden_states,
+            use_cache=False,
+            return_dict=True,
+            **backbone_kwargs,
+        )
+        hidden = outputs.last_hidden_state  # (B, L, D)
+        if self.config.pooling == "token":
+            if input_ids is None:
+                raise ValueError("pooling='token' needs `input_ids` to find the embedding token.")
+            positions = last_token_positions(input_ids, self._embedding_token_id("disc_emb"), "<disc_emb>")
+        else:
+            mask = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
+            positions = last_nonpad_positions(mask)
+        embeddings = normalize_embeddings(gather_positions(hidden, positions), self.config.normalize)  # (B, D)
+
+        logits = loss = None
+        if labels is not None or output_logits:
+            logits = self.vlm.get_output_embeddings()(hidden)  # (B, L, V)
+            if labels is not None:
+                vocab_size = self.config.get_text_config().vocab_size
+                loss = self.vlm.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
+        output = RimeEmbeddingOutput(
+            loss=loss,
+            embeddings=embeddings,
+            last_hidden_state=hidden,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def generate_embeddings(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        **generate_kwargs,
+    ) -> RimeGenerationOutput:
+        r"""
+        Write the rewrite and read the generative embedding at `<gen_emb>`.
+
+        Decoding is greedy unless `do_sample=True` is passed, whatever the checkpoint's `generation_config` asks
+        for. A row stops at `<gen_emb>`; if it ends its turn or reaches `max_new_tokens` first, `<gen_emb>` is
+        appended after its tokens and read there (`finished=False`). Only the needed last-layer states are kept: a
+        hook on the text decoder reads the `<disc_emb>` state from the prefill and one state per decoding step, and
+        the row's `<gen_emb>` is fed through one extra step.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Left-padded gen-mode prompts from [`RimeProcessor`] (`mode="gen"`).
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+                The prompt's attention mask.
+            max_new_tokens (`int`, *optional*):
+                Rewrite budget (`<gen_emb>` excluded); defaults to `config.max_new_tokens`.
+            generate_kwargs:
+                Image inputs (`pixel_values`, `image_grid_thw`, ...) and any `generate` argument (`do_sample`,
+                `logits_processor`, `stopping_criteria`, ...).
+
+        Returns:
+            [`RimeGenerationOutput`].
+        """
+        if self.config.pooling != "token":
+            raise ValueError("generate_embeddings reads embedding tokens; it needs config.pooling='token'.")
+        gen_id = self._embedding_token_id("gen_emb")
+        disc_id = self._embedding_token_id("disc_emb")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate_embeddings needs left-padded prompts (RimeProcessor pads on the left).")
+        budget = max_new_tokens if max_new_tokens is not None else self.config.max_new_tokens
+        if budget < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {budget}.")
+        batch_size, prompt_length = input_ids.shape
+        disc_positions = last_token_positions(input_ids, disc_id, "<disc_emb>")
+
+        kwargs = {**GREEDY_DEFAULTS, **generate_kwargs}
+        end_ids = set(self.config.end_of_turn_token_ids or [])
+        eos = self.vlm.generation_config.eos_token_id
+        end_ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        gen_processor = GenEmbLogitsProcessor(
+            gen_id, list(end_ids), prompt_length, budget, bool(kwargs["do_sample"]), batch_size, input_ids.device
+        )
+        kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), gen_processor])
+        kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [*kwargs.get("stopping_criteria", []), StopAfterGenEmb(gen_id, prompt_length)]
+        )
+        pad_id = self.vlm.generation_config.pad_token_id
+        pad_id = pad_id if pad_id is not None else min(end_ids, default=0)
+        kwargs.setdefault("pad_token_id", pad_id)
+        # <gen_emb> may come after `budget` tokens, and one more step feeds it through the model.
+        kwargs["max_new_tokens"] = budget + 2
+        kwargs["return_dict_in_generate"] = False
+
+        with LastLayerCapture(self.text_decoder, disc_positions) as capture:
+            sequences = self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        new_tokens = sequences[:, prompt_length:]  # (B, T)
+        is_gen = new_tokens == gen_id
+        if not bool(is_gen.any(dim=1).all()):  # only possible if a user stopping criterion cut generation short
+            raise RuntimeError("Generation stopped before every row produced <gen_emb>; check stopping_criteria.")
+        gen_steps = is_gen.int().argmax(dim=1)  # (B,) first <gen_emb>
+        step_states = torch.stack(capture.step_states, dim=0)  # (T-1, B, D): state of new token t at index t
+        rows = torch.arange(batch_size, device=input_ids.device)
+        gen_states = step_states[gen_steps, rows]  # (B, D)
+        finished = ~gen_processor.substituted(gen_steps)
+
+        width = int(gen_steps.max()) + 1
+        keep = torch.arange(width, device=input_ids.device)[None, :] <= gen_steps[:, None]
+        kept = torch.where(keep, new_tokens[:, :width], torch.full_like(new_tokens[:, :width], pad_id))
+        return RimeGenerationOutput(
+            embeddings=normalize_embeddings(gen_states, self.config.normalize),
+            disc_embeddings=normalize_embeddings(capture.prefill_states, self.config.normalize),
+            sequences=kept,
+            num_new_tokens=gen_steps + finished.long(),
+            finished=finished,
+        )
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a RIME checkpoint, or a backbone checkpoint in the published RIME-2B / UME-R1 layout.
+
+        Pass `tokenizer=` to read the RIME token ids of a published checkpoint from an already-loaded tokenizer.
+
+        For the published layout (a plain `qwen2_vl`-style `config.json`), the backbone is loaded with its own
+        class (so legacy weight names map correctly), every weight must be present (a missing, unexpected or
+        mismatched backbone weight is an error), and the RIME token ids are read from the checkpoint's tokenizer
+        (or the `tokenizer` keyword argument).
+        """
+        config = kwargs.get("config")
+        if isinstance(config, PreTrainedConfig):
+            model_type = config.model_type
+        else:
+            config_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            config_dict, _ = PreTrainedConfig.get_config_dict(config or pretrained_model_name_or_path, **config_kwargs)
+            model_type = config_dict.get("model_type")
+        if model_type == cls.config_class.model_type:
+            kwargs.pop("tokenizer", None)  # token ids are in the config already
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return cls.from_backbone_checkpoint(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_backbone_checkpoint(cls, path: str | os.PathLike, tokenizer=None, **kwargs) -> RimeForEmbedding:
+        """Wrap a backbone checkpoint whose tokenizer has the RIME tokens (the published layout)."""
+        kwargs.pop("config", None)
+        rime_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in RimeConfig.__dataclass_fields__}
+        vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
+        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {k: v for k, v in problems.items() if v}
+        if problems:
+            detail = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
+            raise ValueError(f"Checkpoint {path} does not match its backbone ({detail}); refusing random weights.")
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+        config = RimeConfig(vlm_config=vlm.config, **rime_kwargs)
+        vocab = tokenizer.get_vocab()
+        for name in ("disc_emb", "gen_emb"):
+            token = getattr(config, f"{name}_token")
+            if token not in vocab:
+                raise ValueError(f"The tokenizer of {path} has no {token}; this is not a RIME / UME-R1 checkpoint.")
+            setattr(config, f"{name}_token_id", vocab[token])
+        config.end_of_turn_token_ids = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+        rows = vlm.get_input_embeddings().num_embeddings
+        if max(config.disc_emb_token_id, config.gen_emb_token_id) >= rows:
+            raise ValueError(f"RIME token ids exceed the embedding table of {path} ({rows} rows).")
+        return cls(config, vlm=vlm).eval()
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+__all__ = ["RimeForEmbedding", "RimePreTrainedModel", "RimeEmbeddingOutput", "RimeGenerationOutput"]

@@ -1,0 +1,219 @@
+"""Tiny, offline RIME building blocks for tests, examples and benchmarks.
+
+Everything here is built in-process in milliseconds: a byte-level BPE tokenizer with the Qwen special tokens, a
+ChatML chat template, a PIL image processor and random Qwen-VL backbones a few hundred thousand parameters large.
+Nothing is downloaded.
+
+Example:
+
+```python
+>>> from transformers_rime.testing import tiny_rime_model, tiny_rime_processor
+>>> processor = tiny_rime_processor()
+>>> model = tiny_rime_model("qwen2_vl", processor=processor)
+>>> batch = processor(text=["a red car"], mode="disc", role="query", return_tensors="pt")
+>>> tuple(model(**batch).embeddings.shape)
+(1, 64)
+```
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModelForImageTextToText, Qwen2Tokenizer
+
+from .models.rime.configuration_rime import DISC_EMB_TOKEN, GEN_EMB_TOKEN, RimeConfig
+from .models.rime.modeling_rime import RimeForEmbedding
+from .models.rime.processing_rime import RimeProcessor
+
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# A ChatML template with Qwen2-VL's conventions: a default system turn, image/video placeholders inside the
+# user content, string or list content, and an optional opened assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' or 'image' in item %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in item %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "a red car parked on a quiet street",
+    "a black cat sleeping on a wooden chair",
+    "what is shown in this picture? describe the scene",
+    "represent the given query for retrieval: find the document that matches",
+    "a chart of quarterly revenue with blue bars and a legend",
+    "<rewrite> a concise retrieval friendly description of the input </rewrite>",
+    "The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()[]{}",
+    "video frames of a person cooking pasta in a small kitchen",
+]
+
+
+def tiny_tokenizer(with_rime_tokens: bool = False) -> Qwen2Tokenizer:
+    """A ~400-token byte-level BPE tokenizer with Qwen's special tokens, the chat template and left padding.
+
+    Args:
+        with_rime_tokens: also add `<gen_emb>` and `<disc_emb>` as ordinary added tokens, as the published
+            RIME / UME-R1 checkpoints have them.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, unk_token=None)
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if with_rime_tokens:
+        tokenizer.add_tokens([GEN_EMB_TOKEN, DISC_EMB_TOKEN])
+    return tokenizer
+
+
+def tiny_image_processor(family: str = "qwen2_vl"):
+    """The PIL Qwen-VL image processor with a small pixel budget (at most 8x8 patches)."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    patch_size = 16 if family == "qwen3_vl" else 14
+    factor = patch_size * 2
+    return Qwen2VLImageProcessorPil(
+        patch_size=patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": factor * factor, "longest_edge": 4 * factor * factor * 4},
+    )
+
+
+def tiny_rime_processor(family: str = "qwen2_vl", tokenizer=None, **kwargs) -> RimeProcessor:
+    """A `RimeProcessor` over the tiny tokenizer and image processor (adds the RIME tokens)."""
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    return RimeProcessor(
+        image_processor=tiny_image_processor(family), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, **kwargs
+    )
+
+
+def _round_up(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def tiny_vlm_config(family: str = "qwen2_vl", tokenizer=None, **text_overrides):
+    """A random-weights-sized backbone config (hidden 64, 2 layers) whose token ids match `tokenizer`."""
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; choose one of {FAMILIES}.")
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(with_rime_tokens=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>")}
+    text = {
+        "vocab_size": _round_up(len(tokenizer)),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if family == "qwen3_vl":
+        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                  "mrope_section": [4, 2, 2], "mrope_interleaved": True})
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                  "patch_size": 16, "num_position_embeddings": 64, "deepstack_visual_indexes": [1]}
+    elif family == "qwen2_5_vl":
+        text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                  "fullatt_block_indexes": [1]}
+    else:
+        text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
+        vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}
+    text.update(text_overrides)
+    return AutoConfig.for_model(
+        family,
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def tiny_rime_config(family: str = "qwen2_vl", processor: RimeProcessor | None = None, **kwargs) -> RimeConfig:
+    """A `RimeConfig` for a tiny backbone, with token ids read from `processor`'s tokenizer."""
+    processor = processor if processor is not None else tiny_rime_processor(family)
+    config = RimeConfig(vlm_config=tiny_vlm_config(family, processor.tokenizer), **kwargs)
+    processor.apply_token_ids(config)
+    return config
+
+
+def tiny_rime_model(family: str = "qwen2_vl", processor: RimeProcessor | None = None, seed: int = 0,
+                    **config_kwargs) -> RimeForEmbedding:
+    """A random tiny `RimeForEmbedding` (fp32, eval mode) matching `processor`."""
+    config = tiny_rime_config(family, processor, **config_kwargs)
+    torch.manual_seed(seed)
+    return RimeForEmbedding(config).eval()
+
+
+def write_published_checkpoint(path: str | Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
+    """Write a directory in the layout of the published RIME-2B / UME-R1 checkpoints.
+
+    A plain backbone checkpoint (`config.json` of the backbone's `model_type`, `model.safetensors` in the
+    upstream key layout without `lm_head.weight` since embeddings are tied), a tokenizer that has `<gen_emb>` and
+    `<disc_emb>` as ordinary added tokens, a chat template and a stock `preprocessor_config.json`.
+    """
+    path = Path(path)
+    tokenizer = tiny_tokenizer(with_rime_tokens=True)
+    torch.manual_seed(seed)
+    vlm = AutoModelForImageTextToText.from_config(tiny_vlm_config(family, tokenizer))
+    vlm.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    tiny_image_processor(family).save_pretrained(path)
+    (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    return path
+
+
+def random_image(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A reproducible noise image."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(array, "RGB").convert(mode)
