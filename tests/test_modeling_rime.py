@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ForceTokens
 
+from conftest import ForceTokens
 from transformers_rime import RimeEmbeddingOutput, RimeForEmbedding
 from transformers_rime.models.rime.modeling_rime import (
     gather_positions,

@@ -26,11 +26,12 @@ register_rime()
 
 _LAZY = {
     "RimeEncoder": ".encoder",
+    "RimeGeneration": ".encoder",
     "SearchHit": ".encoder",
 }
 
 if TYPE_CHECKING:
-    from .encoder import RimeEncoder, SearchHit
+    from .encoder import RimeEncoder, RimeGeneration, SearchHit
 
 
 def __getattr__(name: str):
@@ -48,6 +49,7 @@ __all__ = [
     "RimeEmbeddingOutput",
     "RimeEncoder",
     "RimeForEmbedding",
+    "RimeGeneration",
     "RimeGenerationOutput",
     "RimeProcessor",
     "SearchHit",

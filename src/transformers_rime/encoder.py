@@ -11,11 +11,27 @@ from tqdm.auto import tqdm
 
 from .inputs import RimeInput, parse_inputs
 from .models.rime.modeling_rime import RimeForEmbedding
-from .models.rime.processing_rime import MODES, ROLES, check_choice, RimeProcessor
+from .models.rime.processing_rime import MODES, ROLES, RimeProcessor, check_choice
 
 
 PROMPT_FIELDS = ("query_instruction", "document_instruction", "gen_instruction", "rewrite_start", "rewrite_end",
                  "disc_emb_token", "gen_emb_token")
+
+
+@dataclass
+class RimeGeneration:
+    """One item's generative encoding: its rewrite and both embeddings."""
+
+    text: str
+    """The rewrite as the model wrote it: the new tokens before `<gen_emb>` (special tokens skipped)."""
+    finished: bool
+    """Whether the model wrote `<gen_emb>` itself (otherwise it was appended)."""
+    num_new_tokens: int
+    """Tokens the model generated (an appended `<gen_emb>` not counted)."""
+    embedding: np.ndarray
+    """Generative embedding, `(dim,)`."""
+    disc_embedding: np.ndarray
+    """Discriminative embedding of the same item, `(dim,)`."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,7 @@ class RimeEncoder:
     ...                       corpus_mode="disc", max_new_tokens=4)
     >>> len(hits[0])
     1
+
     ```
     """
 
@@ -152,39 +169,70 @@ class RimeEncoder:
         check_choice("mode", mode, MODES)
         check_choice("role", role, ROLES)
         check_choice("convert_to", convert_to, ("numpy", "tensor"))
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         single = not isinstance(inputs, (list, tuple))
         items = parse_inputs([inputs] if single else list(inputs))
-        dim = self.embedding_dim
-        embeddings = torch.empty(len(items), dim, dtype=torch.float32, device=self.device)
-
-        order = sorted(range(len(items)), key=lambda i: -items[i].estimated_length())
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-        progress = tqdm(
-            batches,
-            desc=f"Encoding ({mode}, {role})",
-            disable=(None if show_progress_bar is None else not show_progress_bar) if len(batches) > 1 else True,
-        )
-        for batch_indices in progress:
-            batch = [items[i] for i in batch_indices]
-            embeddings[batch_indices] = self._encode_batch(
-                batch, mode, role, instruction, max_new_tokens, max_length, generate_kwargs
-            ).float()
-
+        embeddings = torch.empty(len(items), self.embedding_dim, dtype=torch.float32, device=self.device)
+        for indices, batch in self._batches(items, batch_size, show_progress_bar, f"Encoding ({mode}, {role})"):
+            features = self._features(batch, mode, role, instruction, max_length)
+            with torch.inference_mode():
+                if mode == "disc":
+                    batch_embeddings = self.model(**features).embeddings
+                else:
+                    batch_embeddings = self.model.generate_embeddings(
+                        **features, max_new_tokens=max_new_tokens, **generate_kwargs
+                    ).embeddings
+            embeddings[indices] = batch_embeddings.float()
         result = embeddings[0] if single else embeddings
         return result.cpu().numpy() if convert_to == "numpy" else result
 
-    def encode_queries(self, inputs, mode: str = "disc", **kwargs):
-        """`encode(inputs, role="query", ...)`."""
-        return self.encode(inputs, mode=mode, role="query", **kwargs)
+    def generate(
+        self,
+        inputs,
+        role: str = "query",
+        instruction: str | None = None,
+        batch_size: int = 8,
+        show_progress_bar: bool | None = None,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        **generate_kwargs,
+    ) -> list[RimeGeneration]:
+        """Write each item's rewrite and return it with both embeddings (gen mode, in full).
 
-    def encode_documents(self, inputs, mode: str = "disc", **kwargs):
-        """`encode(inputs, role="document", ...)`."""
-        return self.encode(inputs, mode=mode, role="document", **kwargs)
+        Takes the arguments of `encode`. Returns one [`RimeGeneration`] per item, in input order.
+        """
+        check_choice("role", role, ROLES)
+        items = parse_inputs(list(inputs))
+        results: list[RimeGeneration | None] = [None] * len(items)
+        tokenizer = self.processor.tokenizer
+        for indices, batch in self._batches(items, batch_size, show_progress_bar, f"Generating ({role})"):
+            features = self._features(batch, "gen", role, instruction, max_length)
+            with torch.inference_mode():
+                output = self.model.generate_embeddings(**features, max_new_tokens=max_new_tokens, **generate_kwargs)
+            for row, index in enumerate(indices):
+                n = int(output.num_new_tokens[row])
+                rewrite_length = n - int(output.finished[row])  # the tokens before <gen_emb>
+                results[index] = RimeGeneration(
+                    text=tokenizer.decode(output.sequences[row, :rewrite_length], skip_special_tokens=True),
+                    finished=bool(output.finished[row]),
+                    num_new_tokens=n,
+                    embedding=output.embeddings[row].float().cpu().numpy(),
+                    disc_embedding=output.disc_embeddings[row].float().cpu().numpy(),
+                )
+        return results
 
-    def _encode_batch(self, items: list[RimeInput], mode, role, instruction, max_new_tokens, max_length,
-                      generate_kwargs) -> torch.Tensor:
+    def _batches(self, items: list[RimeInput], batch_size: int, show_progress_bar: bool | None, desc: str):
+        """Yield `(indices, items)` batches, longest first, so each batch holds items of similar length."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        order = sorted(range(len(items)), key=lambda i: -items[i].estimated_length())
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        # None: tqdm decides (shown on a terminal), and never for a single batch
+        disable = True if len(batches) <= 1 and show_progress_bar is None else (
+            None if show_progress_bar is None else not show_progress_bar)
+        for indices in tqdm(batches, desc=desc, disable=disable):
+            yield indices, [items[i] for i in indices]
+
+    def _features(self, items: list[RimeInput], mode, role, instruction, max_length):
         features = self.processor(
             text=[item.text for item in items],
             images=[item.images or None for item in items],
@@ -194,15 +242,18 @@ class RimeEncoder:
             instruction=instruction,
             max_length=max_length,
             return_tensors="pt",
-        )
-        features = features.to(self.device)
+        ).to(self.device)
         if "pixel_values" in features:
             features["pixel_values"] = features["pixel_values"].to(self.model.dtype)
-        with torch.inference_mode():
-            if mode == "disc":
-                return self.model(**features).embeddings
-            output = self.model.generate_embeddings(**features, max_new_tokens=max_new_tokens, **generate_kwargs)
-            return output.embeddings
+        return features
+
+    def encode_queries(self, inputs, mode: str = "disc", **kwargs):
+        """`encode(inputs, role="query", ...)`."""
+        return self.encode(inputs, mode=mode, role="query", **kwargs)
+
+    def encode_documents(self, inputs, mode: str = "disc", **kwargs):
+        """`encode(inputs, role="document", ...)`."""
+        return self.encode(inputs, mode=mode, role="document", **kwargs)
 
     # ------------------------------------------------------------------ similarity and search
 
@@ -263,4 +314,4 @@ class RimeEncoder:
         ]
 
 
-__all__ = ["RimeEncoder", "SearchHit"]
+__all__ = ["RimeEncoder", "RimeGeneration", "SearchHit"]

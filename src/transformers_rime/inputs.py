@@ -42,6 +42,7 @@ def is_image_path(value: str | os.PathLike) -> bool:
     ```python
     >>> is_image_path("photos/CAT.JPG"), is_image_path("a photo of a cat")
     (True, False)
+
     ```
     """
     return os.fspath(value).lower().endswith(IMAGE_EXTENSIONS)

@@ -13,6 +13,7 @@ Example:
 >>> batch = processor(text=["a red car"], mode="disc", role="query", return_tensors="pt")
 >>> tuple(model(**batch).embeddings.shape)
 (1, 64)
+
 ```
 """
 
@@ -88,7 +89,7 @@ def tiny_tokenizer(with_rime_tokens: bool = False) -> Qwen2Tokenizer:
         with_rime_tokens: also add `<gen_emb>` and `<disc_emb>` as ordinary added tokens, as the published
             RIME / UME-R1 checkpoints have them.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

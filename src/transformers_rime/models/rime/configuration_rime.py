@@ -80,6 +80,7 @@ class RimeConfig(PreTrainedConfig):
     >>> config = RimeConfig(vlm_config={"model_type": "qwen2_vl"})
     >>> config.vlm_config.model_type, config.pooling, config.max_new_tokens
     ('qwen2_vl', 'token', 128)
+
     ```
     """
 
@@ -147,6 +148,7 @@ def format_gen_instruction(template: str, rewrite_start: str, rewrite_end: str, 
     ```python
     >>> format_gen_instruction("Write {rewrite_start}...{rewrite_end} then {gen_emb_token}.", "<r>", "</r>", "<g>")
     'Write <r>...</r> then <g>.'
+
     ```
     """
     return (

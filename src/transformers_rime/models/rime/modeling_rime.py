@@ -38,6 +38,7 @@ def last_token_positions(input_ids: torch.LongTensor, token_id: int, token_name:
     ```python
     >>> last_token_positions(torch.tensor([[0, 7, 5, 7, 0], [7, 1, 2, 3, 4]]), 7).tolist()
     [3, 0]
+
     ```
     """
     matches = input_ids == token_id
@@ -54,6 +55,7 @@ def last_nonpad_positions(attention_mask: torch.Tensor) -> torch.LongTensor:
     ```python
     >>> last_nonpad_positions(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
     [2, 1]
+
     ```
     """
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).expand_as(attention_mask)
@@ -273,6 +275,7 @@ class RimeForEmbedding(RimePreTrainedModel):
     ...                                 max_new_tokens=4)
     >>> tuple(out.embeddings.shape), tuple(out.disc_embeddings.shape)
     ((1, 64), (1, 64))
+
     ```
     """
 
@@ -497,7 +500,8 @@ class RimeForEmbedding(RimePreTrainedModel):
     def from_backbone_checkpoint(cls, path: str | os.PathLike, tokenizer=None, **kwargs) -> RimeForEmbedding:
         """Wrap a backbone checkpoint whose tokenizer has the RIME tokens (the published layout)."""
         kwargs.pop("config", None)
-        rime_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in RimeConfig.__dataclass_fields__}
+        rime_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in RimeConfig.__dataclass_fields__
+                       and k != "vlm_config"}
         vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
         problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         problems = {k: v for k, v in problems.items() if v}
@@ -506,6 +510,9 @@ class RimeForEmbedding(RimePreTrainedModel):
             raise ValueError(f"Checkpoint {path} does not match its backbone ({detail}); refusing random weights.")
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+        # Building the outer config resets the attention backend of the (shared) backbone config; keep the one
+        # the backbone was loaded with.
+        rime_kwargs.setdefault("attn_implementation", vlm.config._attn_implementation)
         config = RimeConfig(vlm_config=vlm.config, **rime_kwargs)
         vocab = tokenizer.get_vocab()
         for name in ("disc_emb", "gen_emb"):

@@ -88,6 +88,7 @@ class RimeProcessor(Qwen2VLProcessor):
     ...                   role="query", return_tensors="pt")
     >>> sorted(batch.keys())
     ['attention_mask', 'image_grid_thw', 'input_ids', 'mm_token_type_ids', 'pixel_values']
+
     ```
     """
 
@@ -300,6 +301,7 @@ def sample_frames(frames: list, max_frames: int) -> list:
     ```python
     >>> sample_frames(list(range(10)), 4)
     [0, 3, 6, 9]
+
     ```
     """
     if len(frames) <= max_frames:

@@ -1,0 +1,47 @@
+"""transformers_rime: generative and discriminative multimodal embeddings (RIME) for Hugging Face.
+
+Install torch first (on CPU machines, the CPU wheel: `pip install torch==2.13.0`), then `pip install -e .[dev]`.
+"""
+
+from setuptools import find_packages, setup
+
+
+extras = {
+    "st": ["sentence-transformers>=6.0.1,<7"],
+    "train": ["peft>=0.17", "accelerate>=1.10.1", "datasets>=4.7.0"],
+    "rl": ["trl>=1.16.0,<1.17"],
+    "eval": ["faiss-cpu>=1.8"],
+    "flash": ["flash-attn>=2.6"],
+    "quality": ["ruff>=0.6"],
+    "testing": ["pytest>=8", "pytest-timeout>=2.3"],
+}
+extras["dev"] = sorted({*extras["testing"], *extras["quality"], *extras["st"]})
+
+setup(
+    name="transformers_rime",
+    version="0.1.0",
+    description="RIME: rewrite-driven generative and discriminative multimodal embeddings on Hugging Face",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"transformers_rime": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.17,<6",
+        "huggingface-hub<3",
+        "safetensors>=0.4",
+        "pillow>=10",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+    ],
+    extras_require=extras,
+    entry_points={"console_scripts": ["rime=transformers_rime.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
