@@ -31,8 +31,15 @@ def test_round_trip(tmp_path):
     config = tiny_rime_config("qwen3_vl", max_new_tokens=32, query_instruction="Q:")
     config.save_pretrained(tmp_path)
     loaded = RimeConfig.from_pretrained(tmp_path)
-    for name in ("disc_emb_token_id", "gen_emb_token_id", "end_of_turn_token_ids", "max_new_tokens",
-                 "query_instruction", "gen_instruction", "pooling"):
+    for name in (
+        "disc_emb_token_id",
+        "gen_emb_token_id",
+        "end_of_turn_token_ids",
+        "max_new_tokens",
+        "query_instruction",
+        "gen_instruction",
+        "pooling",
+    ):
         assert getattr(loaded, name) == getattr(config, name)
     assert loaded.vlm_config.model_type == "qwen3_vl"
     assert loaded.vlm_config.text_config.hidden_size == 64

@@ -113,8 +113,9 @@ def test_similarity_is_cosine():
 @pytest.mark.parametrize("corpus_mode", ["disc", "gen"])
 def test_search_supports_all_mode_pairs(encoder, query_mode, corpus_mode):
     corpus = ["a red car", "a black cat", "a cup of tea", random_image(seed=2)]
-    hits = encoder.search(["a red car", "tea"], corpus, top_k=3, query_mode=query_mode, corpus_mode=corpus_mode,
-                          max_new_tokens=3)
+    hits = encoder.search(
+        ["a red car", "tea"], corpus, top_k=3, query_mode=query_mode, corpus_mode=corpus_mode, max_new_tokens=3
+    )
     assert len(hits) == 2 and all(len(row) == 3 for row in hits)
     queries = encoder.encode_queries(["a red car", "tea"], mode=query_mode, max_new_tokens=3)
     documents = encoder.encode_documents(corpus, mode=corpus_mode, max_new_tokens=3)
@@ -158,6 +159,7 @@ def test_generate_returns_rewrites_and_both_embeddings(encoder, image):
     generations = encoder.generate(items, max_new_tokens=3)
     assert [g.num_new_tokens for g in generations] == [3, 3] and not any(g.finished for g in generations)
     assert all(isinstance(g.text, str) and "<gen_emb>" not in g.text for g in generations)
-    np.testing.assert_allclose(np.stack([g.embedding for g in generations]),
-                               encoder.encode(items, mode="gen", max_new_tokens=3), atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([g.embedding for g in generations]), encoder.encode(items, mode="gen", max_new_tokens=3), atol=1e-6
+    )
     np.testing.assert_allclose(np.stack([g.disc_embedding for g in generations]), encoder.encode(items), atol=1e-5)

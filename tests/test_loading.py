@@ -18,8 +18,9 @@ from transformers_rime.testing import random_image, tiny_rime_model, tiny_rime_p
 
 
 def _batch(processor, mode="disc"):
-    return processor(text=["a red car", "what is this?"], images=[None, random_image(seed=4)], mode=mode,
-                     return_tensors="pt")
+    return processor(
+        text=["a red car", "what is this?"], images=[None, random_image(seed=4)], mode=mode, return_tensors="pt"
+    )
 
 
 @pytest.fixture
@@ -41,8 +42,9 @@ def test_save_load_is_bit_exact(saved_dir, processor, model):
 
 def _portable(config: dict) -> dict:
     """A config dict without the fields that legitimately change on load (path, resolved dtype)."""
-    return {k: _portable(v) if isinstance(v, dict) else v for k, v in config.items()
-            if k not in ("_name_or_path", "dtype")}
+    return {
+        k: _portable(v) if isinstance(v, dict) else v for k, v in config.items() if k not in ("_name_or_path", "dtype")
+    }
 
 
 def test_saved_directory_is_safetensors_only_and_self_contained(saved_dir):
@@ -50,8 +52,10 @@ def test_saved_directory_is_safetensors_only_and_self_contained(saved_dir):
     assert {"model.safetensors", "configuration_rime.py", "modeling_rime.py", "processing_rime.py"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".pth")) for f in files)
     config = json.loads((saved_dir / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_rime.RimeConfig",
-                                  "AutoModel": "modeling_rime.RimeForEmbedding"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_rime.RimeConfig",
+        "AutoModel": "modeling_rime.RimeForEmbedding",
+    }
     processor_config = json.loads((saved_dir / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_rime.RimeProcessor"
 
@@ -61,8 +65,19 @@ def test_hub_files_import_only_torch_transformers_pil_numpy_and_siblings():
 
     import transformers_rime.models.rime as rime
 
-    allowed = {"torch", "transformers", "PIL", "numpy", "__future__", "math", "os", "inspect", "dataclasses",
-               "collections", "typing"}
+    allowed = {
+        "torch",
+        "transformers",
+        "PIL",
+        "numpy",
+        "__future__",
+        "math",
+        "os",
+        "inspect",
+        "dataclasses",
+        "collections",
+        "typing",
+    }
     folder = os.path.dirname(rime.__file__)
     for name in ("configuration_rime.py", "modeling_rime.py", "processing_rime.py"):
         tree = ast.parse(open(os.path.join(folder, name)).read())
@@ -125,10 +140,21 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_loads_without_the_package(saved_dir, processor, model, tmp_path):
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(saved_dir)], capture_output=True, text=True,
-                            env=env, cwd=tmp_path, timeout=300)
+    env = {
+        **os.environ,
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(saved_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     assert remote["cls"].startswith("transformers_modules.")

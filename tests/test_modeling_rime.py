@@ -26,7 +26,10 @@ def _images(n=3):
 def _single(batch, row):
     """Row `row` of a left-padded batch, unpadded, with its own images."""
     keep = batch["attention_mask"][row].bool()
-    out = {"input_ids": batch["input_ids"][row, keep][None], "attention_mask": batch["attention_mask"][row, keep][None]}
+    out = {
+        "input_ids": batch["input_ids"][row, keep][None],
+        "attention_mask": batch["attention_mask"][row, keep][None],
+    }
     if "mm_token_type_ids" in batch:
         out["mm_token_type_ids"] = batch["mm_token_type_ids"][row, keep][None]
     return out
@@ -93,8 +96,9 @@ def test_batch_order_and_padding_side_invariance(processor, model):
     batch = processor(text=TEXTS, images=_images(), mode="disc", return_tensors="pt")
     with torch.no_grad():
         batched = model(**batch).embeddings
-        reordered = model(**processor(text=TEXTS[::-1], images=_images()[::-1], mode="disc",
-                                      return_tensors="pt")).embeddings
+        reordered = model(
+            **processor(text=TEXTS[::-1], images=_images()[::-1], mode="disc", return_tensors="pt")
+        ).embeddings
         torch.testing.assert_close(batched, reordered.flip(0), atol=1e-5, rtol=0)
         for row in range(3):  # alone, without padding
             single = processor(text=[TEXTS[row]], images=[_images()[row]], mode="disc", return_tensors="pt")
@@ -154,10 +158,14 @@ def _reference_gen(model, processor, single, max_new_tokens, logits_processor=No
     gen_id, end_ids = processor.gen_emb_token_id, processor.end_of_turn_token_ids
     with torch.no_grad():
         sequences = model.vlm.generate(
-            **single, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[gen_id, *end_ids],
-            pad_token_id=processor.tokenizer.pad_token_id, logits_processor=logits_processor or [],
+            **single,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=[gen_id, *end_ids],
+            pad_token_id=processor.tokenizer.pad_token_id,
+            logits_processor=logits_processor or [],
         )
-        new = sequences[0, single["input_ids"].shape[1]:].tolist()
+        new = sequences[0, single["input_ids"].shape[1] :].tolist()
         finished = bool(new) and new[-1] == gen_id
         if not finished:
             new = new[:-1] if new and new[-1] in end_ids else new
@@ -165,8 +173,9 @@ def _reference_gen(model, processor, single, max_new_tokens, logits_processor=No
         full_ids = torch.cat([single["input_ids"], torch.tensor([new])], dim=1)
         extra = {k: v for k, v in single.items() if k in ("pixel_values", "image_grid_thw")}
         extra["mm_token_type_ids"] = F.pad(single["mm_token_type_ids"], (0, len(new)))
-        hidden = model.vlm(input_ids=full_ids, attention_mask=torch.ones_like(full_ids), **extra,
-                           output_hidden_states=True).hidden_states[-1]
+        hidden = model.vlm(
+            input_ids=full_ids, attention_mask=torch.ones_like(full_ids), **extra, output_hidden_states=True
+        ).hidden_states[-1]
     return F.normalize(hidden[0, -1], dim=-1), new, finished
 
 
@@ -179,8 +188,9 @@ def test_gen_embedding_equals_reference_finished_and_unfinished(family):
     batch = processor(text=TEXTS, images=images, mode="gen", return_tensors="pt")
     # row 0 generates <gen_emb> at step 2; row 1 ends its turn at step 3; row 2 runs out of budget
     plan = {0: (2, gen_id), 1: (3, im_end)}
-    out = model.generate_embeddings(**batch, max_new_tokens=5,
-                                    logits_processor=[ForceTokens(batch["input_ids"].shape[1], plan)])
+    out = model.generate_embeddings(
+        **batch, max_new_tokens=5, logits_processor=[ForceTokens(batch["input_ids"].shape[1], plan)]
+    )
     assert out.finished.tolist() == [True, False, False]
     assert out.num_new_tokens.tolist() == [3, 3, 5]
     for row in range(3):
@@ -234,8 +244,9 @@ def test_forward_after_generate_is_unchanged(processor, model):
     disc_batch = processor(text=TEXTS, images=_images(), mode="disc", return_tensors="pt")
     with torch.no_grad():
         before = model(**disc_batch).embeddings
-        model.generate_embeddings(**processor(text=TEXTS[:1], images=_images(1), mode="gen", return_tensors="pt"),
-                                  max_new_tokens=3)
+        model.generate_embeddings(
+            **processor(text=TEXTS[:1], images=_images(1), mode="gen", return_tensors="pt"), max_new_tokens=3
+        )
         after = model(**disc_batch).embeddings
     torch.testing.assert_close(before, after, atol=0, rtol=0)
 

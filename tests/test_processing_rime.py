@@ -42,7 +42,10 @@ def test_existing_tokens_are_reused():
 def test_disc_and_gen_prompts(processor, image):
     disc = processor(text=["a red car"], images=[[image]], mode="disc", role="query", return_tensors="pt")
     gen = processor(text=["a red car"], images=[[image]], mode="gen", role="query", return_tensors="pt")
-    disc_text, gen_text = _decode(processor, disc["input_ids"][0].tolist()), _decode(processor, gen["input_ids"][0].tolist())
+    disc_text, gen_text = (
+        _decode(processor, disc["input_ids"][0].tolist()),
+        _decode(processor, gen["input_ids"][0].tolist()),
+    )
     head = "<|vision_start|>" + "<|image_pad|>" * int(disc["image_grid_thw"].prod() // 4) + "<|vision_end|>"
     expected_user = f"<|im_start|>user\n{head}Represent the given query for retrieval: a red car\n<disc_emb>\n"
     assert expected_user in disc_text
@@ -63,8 +66,9 @@ def test_role_and_instruction_select_the_prefix(processor):
 
 def test_left_padding_is_enforced_even_if_the_tokenizer_was_changed(processor, image):
     processor.tokenizer.padding_side = "right"
-    batch = processor(text=["a", "a much longer text with many words"], images=[image, None], mode="disc",
-                      return_tensors="pt")
+    batch = processor(
+        text=["a", "a much longer text with many words"], images=[image, None], mode="disc", return_tensors="pt"
+    )
     assert batch["attention_mask"][:, -1].all()
     assert not batch["attention_mask"][:, 0].all()
 
@@ -91,8 +95,14 @@ def test_too_long_prompt_is_an_error_never_a_cut(processor, image):
     batch = processor(text=["short", "word " * 50], images=[image, None], mode="disc", return_tensors="pt")
     lengths = batch["attention_mask"].sum(1).tolist()
     with pytest.raises(ValueError, match=rf"item 1: {lengths[1]} tokens"):
-        processor(text=["short", "word " * 50], images=[image, None], mode="disc", max_length=lengths[0] + 1,
-                  truncation=True, return_tensors="pt")
+        processor(
+            text=["short", "word " * 50],
+            images=[image, None],
+            mode="disc",
+            max_length=lengths[0] + 1,
+            truncation=True,
+            return_tensors="pt",
+        )
     ok = processor(text=["short"], images=[image], mode="disc", max_length=lengths[0], return_tensors="pt")
     assert ok["input_ids"].shape[1] == lengths[0]
 
@@ -120,8 +130,9 @@ def test_without_mode_it_is_the_stock_qwen_processor(processor, image):
     assert ours.keys() == stock.keys()
     assert all(torch.equal(ours[k], stock[k]) for k in ours)
     with_image = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "hi"}]}]
-    tokenized = processor.apply_chat_template(with_image, tokenize=True, return_dict=True, add_generation_prompt=True,
-                                              return_tensors="pt")
+    tokenized = processor.apply_chat_template(
+        with_image, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt"
+    )
     assert torch.equal(tokenized["input_ids"], ours["input_ids"])
     assert torch.equal(tokenized["pixel_values"], ours["pixel_values"])
 

@@ -73,8 +73,9 @@ def run_encode(args) -> int:
         print("rime encode: no inputs (give them as arguments or with --input-file)", file=sys.stderr)
         return 2
     encoder = RimeEncoder.from_pretrained(args.model, device=args.device)
-    embeddings = encoder.encode(inputs, mode=args.mode, role=args.role, batch_size=args.batch_size,
-                                max_new_tokens=args.max_new_tokens)
+    embeddings = encoder.encode(
+        inputs, mode=args.mode, role=args.role, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+    )
     np.save(args.output, embeddings)
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
     return 0
@@ -85,12 +86,27 @@ def run_search(args) -> int:
 
     encoder = RimeEncoder.from_pretrained(args.model, device=args.device)
     queries, corpus = _read_lines(args.queries), _read_lines(args.corpus)
-    hits = encoder.search(queries, corpus, top_k=args.top_k, query_mode=args.query_mode,
-                          corpus_mode=args.corpus_mode, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens)
+    hits = encoder.search(
+        queries,
+        corpus,
+        top_k=args.top_k,
+        query_mode=args.query_mode,
+        corpus_mode=args.corpus_mode,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
     for query, row in zip(queries, hits):
-        print(json.dumps({"query": query, "hits": [{"corpus_id": h.corpus_id, "document": corpus[h.corpus_id],
-                                                    "score": round(h.score, 6)} for h in row]}))
+        print(
+            json.dumps(
+                {
+                    "query": query,
+                    "hits": [
+                        {"corpus_id": h.corpus_id, "document": corpus[h.corpus_id], "score": round(h.score, 6)}
+                        for h in row
+                    ],
+                }
+            )
+        )
     return 0
 
 
@@ -120,9 +136,13 @@ def run_demo(output_dir: Path | None = None, max_new_tokens: int = 12) -> int:
         (draw.ellipse if kind == "circle" else draw.rectangle)((20, 15, 76, 65), fill=color)
         return image
 
-    corpus = ["a red car parked on a quiet street", "a black cat sleeping on a wooden chair",
-              shape("circle", "red"), shape("square", "blue"),
-              {"text": "a chart of quarterly revenue", "image": shape("square", "green")}]
+    corpus = [
+        "a red car parked on a quiet street",
+        "a black cat sleeping on a wooden chair",
+        shape("circle", "red"),
+        shape("square", "blue"),
+        {"text": "a chart of quarterly revenue", "image": shape("square", "green")},
+    ]
     names = ["text: red car", "text: black cat", "image: red circle", "image: blue square", "text+image: chart"]
     queries = ["a red car", {"text": "what shape is this?", "image": shape("circle", "red")}]
 
@@ -138,8 +158,9 @@ def run_demo(output_dir: Path | None = None, max_new_tokens: int = 12) -> int:
     for query_mode in ("disc", "gen"):
         for corpus_mode in ("disc", "gen"):
             start = time.perf_counter()
-            hits = encoder.search(queries, corpus, top_k=1, query_mode=query_mode, corpus_mode=corpus_mode,
-                                  max_new_tokens=max_new_tokens)
+            hits = encoder.search(
+                queries, corpus, top_k=1, query_mode=query_mode, corpus_mode=corpus_mode, max_new_tokens=max_new_tokens
+            )
             elapsed = time.perf_counter() - start
             tops = ", ".join(f"{names[row[0].corpus_id]} ({row[0].score:+.3f})" for row in hits)
             print(f"   {query_mode:>4} -> {corpus_mode:<4} {elapsed * 1000:6.0f} ms  {tops}")

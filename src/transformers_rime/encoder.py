@@ -14,8 +14,15 @@ from .models.rime.modeling_rime import RimeForEmbedding
 from .models.rime.processing_rime import MODES, ROLES, RimeProcessor, check_choice
 
 
-PROMPT_FIELDS = ("query_instruction", "document_instruction", "gen_instruction", "rewrite_start", "rewrite_end",
-                 "disc_emb_token", "gen_emb_token")
+PROMPT_FIELDS = (
+    "query_instruction",
+    "document_instruction",
+    "gen_instruction",
+    "rewrite_start",
+    "rewrite_end",
+    "disc_emb_token",
+    "gen_emb_token",
+)
 
 
 @dataclass
@@ -225,10 +232,13 @@ class RimeEncoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         order = sorted(range(len(items)), key=lambda i: -items[i].estimated_length())
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         # None: tqdm decides (shown on a terminal), and never for a single batch
-        disable = True if len(batches) <= 1 and show_progress_bar is None else (
-            None if show_progress_bar is None else not show_progress_bar)
+        disable = (
+            True
+            if len(batches) <= 1 and show_progress_bar is None
+            else (None if show_progress_bar is None else not show_progress_bar)
+        )
         for indices in tqdm(batches, desc=desc, disable=disable):
             yield indices, [items[i] for i in indices]
 
@@ -298,12 +308,20 @@ class RimeEncoder:
             if corpus is None:
                 raise ValueError("search needs `corpus` or `corpus_embeddings`.")
             corpus_embeddings = self.encode_documents(
-                list(corpus), mode=corpus_mode, instruction=corpus_instruction, batch_size=batch_size,
-                show_progress_bar=show_progress_bar, **encode_kwargs,
+                list(corpus),
+                mode=corpus_mode,
+                instruction=corpus_instruction,
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+                **encode_kwargs,
             )
         query_embeddings = self.encode_queries(
-            list(queries), mode=query_mode, instruction=query_instruction, batch_size=batch_size,
-            show_progress_bar=show_progress_bar, **encode_kwargs,
+            list(queries),
+            mode=query_mode,
+            instruction=query_instruction,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            **encode_kwargs,
         )
         scores = self.similarity(torch.as_tensor(query_embeddings).cpu(), torch.as_tensor(corpus_embeddings).cpu())
         k = min(top_k, scores.shape[1])

@@ -156,14 +156,35 @@ def tiny_vlm_config(family: str = "qwen2_vl", tokenizer=None, **text_overrides):
         "pad_token_id": tokenizer.pad_token_id,
     }
     if family == "qwen3_vl":
-        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                                                  "mrope_section": [4, 2, 2], "mrope_interleaved": True})
-        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                  "patch_size": 16, "num_position_embeddings": 64, "deepstack_visual_indexes": [1]}
+        text.update(
+            head_dim=16,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+        )
+        vision = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 16,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [1],
+        }
     elif family == "qwen2_5_vl":
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
-        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                  "fullatt_block_indexes": [1]}
+        vision = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [1],
+        }
     else:
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
         vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}
@@ -187,8 +208,9 @@ def tiny_rime_config(family: str = "qwen2_vl", processor: RimeProcessor | None =
     return config
 
 
-def tiny_rime_model(family: str = "qwen2_vl", processor: RimeProcessor | None = None, seed: int = 0,
-                    **config_kwargs) -> RimeForEmbedding:
+def tiny_rime_model(
+    family: str = "qwen2_vl", processor: RimeProcessor | None = None, seed: int = 0, **config_kwargs
+) -> RimeForEmbedding:
     """A random tiny `RimeForEmbedding` (fp32, eval mode) matching `processor`."""
     config = tiny_rime_config(family, processor, **config_kwargs)
     torch.manual_seed(seed)

@@ -140,8 +140,16 @@ class GenEmbLogitsProcessor(LogitsProcessor):
     - When `max_new_tokens` tokens were generated without `<gen_emb>`, it is forced (substituted).
     """
 
-    def __init__(self, gen_emb_id: int, end_ids: list[int], prompt_length: int, max_new_tokens: int,
-                 do_sample: bool, batch_size: int, device: torch.device):
+    def __init__(
+        self,
+        gen_emb_id: int,
+        end_ids: list[int],
+        prompt_length: int,
+        max_new_tokens: int,
+        do_sample: bool,
+        batch_size: int,
+        device: torch.device,
+    ):
         self.gen_emb_id = gen_emb_id
         self.end_ids = torch.tensor(sorted(set(end_ids) - {gen_emb_id}), dtype=torch.long, device=device)
         self.prompt_length = prompt_length
@@ -155,7 +163,7 @@ class GenEmbLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_length
-        active = ~(input_ids[:, self.prompt_length:] == self.gen_emb_id).any(dim=1)  # (B,) no <gen_emb> yet
+        active = ~(input_ids[:, self.prompt_length :] == self.gen_emb_id).any(dim=1)  # (B,) no <gen_emb> yet
         if not active.any():
             return scores
         scores = scores.clone()
@@ -195,7 +203,7 @@ class StopAfterGenEmb(StoppingCriteria):
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return (input_ids[:, self.prompt_length:-1] == self.gen_emb_id).any(dim=1)
+        return (input_ids[:, self.prompt_length : -1] == self.gen_emb_id).any(dim=1)
 
 
 class LastLayerCapture:
@@ -500,8 +508,9 @@ class RimeForEmbedding(RimePreTrainedModel):
     def from_backbone_checkpoint(cls, path: str | os.PathLike, tokenizer=None, **kwargs) -> RimeForEmbedding:
         """Wrap a backbone checkpoint whose tokenizer has the RIME tokens (the published layout)."""
         kwargs.pop("config", None)
-        rime_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in RimeConfig.__dataclass_fields__
-                       and k != "vlm_config"}
+        rime_kwargs = {
+            k: kwargs.pop(k) for k in list(kwargs) if k in RimeConfig.__dataclass_fields__ and k != "vlm_config"
+        }
         vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
         problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         problems = {k: v for k, v in problems.items() if v}

@@ -246,9 +246,7 @@ class RimeProcessor(Qwen2VLProcessor):
             flat_images.extend(loaded)
             prompts.append(self.render_prompt(item_text, len(loaded), mode, instruction))
 
-        batch = super().__call__(
-            images=flat_images or None, text=prompts, padding_side="left", **kwargs
-        )
+        batch = super().__call__(images=flat_images or None, text=prompts, padding_side="left", **kwargs)
         if max_length is not None:
             lengths = [int(sum(row)) for row in batch["attention_mask"]]
             too_long = [(i, n) for i, n in enumerate(lengths) if n > max_length]
