@@ -169,7 +169,7 @@ def test_remote_code_loads_without_the_package(saved_dir, processor, model, tmp_
 # ----------------------------------------------------------------------------- published layout
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_published_layout_loads_every_weight(tmp_path, family):
     write_published_checkpoint(tmp_path, family)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:

@@ -256,3 +256,26 @@ def test_is_a_pretrained_model_with_backbone_flags(model):
     assert model.vlm.__class__.__name__ == "Qwen2VLForConditionalGeneration"
     assert "Qwen2VLDecoderLayer" in model._no_split_modules
     assert model.supports_gradient_checkpointing
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+def test_gradient_checkpointing_gives_the_same_gradients(processor):
+    batch = processor(text=TEXTS[:2], images=_images(2), mode="gen", return_tensors="pt")
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_rime_model(processor=processor).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(**batch).embeddings.square().sum().backward()
+        grads.append(model.get_input_embeddings().weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_bfloat16_stays_close_to_float32(processor):
+    model = tiny_rime_model(processor=processor)
+    batch = processor(text=TEXTS, mode="disc", return_tensors="pt")
+    with torch.no_grad():
+        full = model(**batch).embeddings
+        half = model.to(torch.bfloat16)(**batch).embeddings
+    assert half.dtype == torch.bfloat16
+    assert F.cosine_similarity(full, half.float()).min() > 0.99
