@@ -5,9 +5,10 @@ Prints, from one run, ratios of
 - gen:  `generate_embeddings` vs plain greedy `generate` of the same number of tokens, and vs
         `generate(output_hidden_states=True)` (how UME-R1 reads the `<gen_emb>` state).
 
-Each variant runs in its own subprocess, so its peak memory (CPU: the process's resident-set high-water mark
-above its level before the call; CUDA: `max_memory_allocated` above the level before the call) is its own.
-Times are medians of `--repeats` calls after one warm-up call. The model has random weights, a real Qwen2-VL
+Times are medians of `--repeats` calls after one warm-up call, measured round-robin in one process (so a
+background load slows every variant alike). Peak memory is measured once per variant in a process of its own
+(CPU: the resident-set high-water mark above its level before the call; CUDA: `max_memory_allocated` above the
+level before the call). The model has random weights, a real Qwen2-VL
 vocabulary (151,936 tokens, so the LM head costs what it does in RIME-2B) and a reduced width and depth (see
 `--hidden-size`, `--layers`) so the run fits a small CPU.
 
@@ -64,10 +65,10 @@ def build(args):
     return model, disc_batch, gen_batch
 
 
-def run_variant(args) -> dict:
+def make_calls(args):
+    """The five variants as zero-argument callables over one model and batch."""
     import torch
 
-    torch.set_num_threads(args.threads)
     model, disc_batch, gen_batch = build(args)
     new_tokens = args.new_tokens
     gen_id = model.config.gen_emb_token_id
@@ -80,42 +81,63 @@ def run_variant(args) -> dict:
         pad_token_id=0,
     )
 
-    def call():
-        with torch.inference_mode():
-            if args.variant == "raw_forward":
-                return model.vlm.model(**disc_batch, use_cache=False).last_hidden_state
-            if args.variant == "rime_disc":
-                return model(**disc_batch).embeddings
-            if args.variant == "plain_generate":
-                return model.vlm.generate(**gen_batch, **plain)
-            if args.variant == "generate_hidden_states":
-                out = model.vlm.generate(**gen_batch, **plain, output_hidden_states=True, return_dict_in_generate=True)
-                return torch.stack([step[-1][:, -1] for step in out.hidden_states[1:]])  # read every step's state
-            out = model.generate_embeddings(**gen_batch, max_new_tokens=new_tokens)
-            assert int(out.num_new_tokens.max()) <= new_tokens and (out.sequences == gen_id).any(1).all()
-            return out.embeddings
+    def rime_gen():
+        out = model.generate_embeddings(**gen_batch, max_new_tokens=new_tokens)
+        assert int(out.num_new_tokens.max()) <= new_tokens and (out.sequences == gen_id).any(1).all()
+        return out.embeddings
 
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+    def generate_hidden_states():
+        out = model.vlm.generate(**gen_batch, **plain, output_hidden_states=True, return_dict_in_generate=True)
+        return torch.stack([step[-1][:, -1] for step in out.hidden_states[1:]])  # read every step's state
 
-    memory_before = _memory(args.device, reset=True)
-    call()
-    sync()
-    peak = _peak_memory(args.device) - memory_before
-    times = []
-    for _ in range(args.repeats):
-        sync()
-        start = time.perf_counter()
-        call()
-        sync()
-        times.append(time.perf_counter() - start)
-    return {
-        "variant": args.variant,
-        "seconds": statistics.median(times),
-        "peak_mib": peak / 2**20,
-        "prompt_tokens": int(gen_batch["input_ids"].shape[1]),
+    calls = {
+        "raw_forward": lambda: model.vlm.model(**disc_batch, use_cache=False).last_hidden_state,
+        "rime_disc": lambda: model(**disc_batch).embeddings,
+        "plain_generate": lambda: model.vlm.generate(**gen_batch, **plain),
+        "rime_gen": rime_gen,
+        "generate_hidden_states": generate_hidden_states,
     }
+    return calls, int(gen_batch["input_ids"].shape[1])
+
+
+def measure_memory(args) -> dict:
+    """Peak memory of one call of `args.variant`, in a process of its own."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    calls, _ = make_calls(args)
+    before = _memory(args.device, reset=True)
+    with torch.inference_mode():
+        calls[args.variant]()
+    _sync(args.device)
+    return {"variant": args.variant, "peak_mib": (_peak_memory(args.device) - before) / 2**20}
+
+
+def measure_times(args) -> tuple[dict[str, float], int]:
+    """Median time of every variant, measured round-robin in one process so background load hits all alike."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    calls, prompt_tokens = make_calls(args)
+    times = {name: [] for name in calls}
+    with torch.inference_mode():
+        for call in calls.values():  # warm-up
+            call()
+        for _ in range(args.repeats):
+            for name, call in calls.items():
+                _sync(args.device)
+                start = time.perf_counter()
+                call()
+                _sync(args.device)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}, prompt_tokens
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def _memory(device: str, reset: bool = False) -> int:
@@ -158,38 +180,34 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.variant:
-        print(json.dumps(run_variant(args)))
+        print(json.dumps(measure_memory(args)))
         return
 
-    results = {}
+    peak = {}
     for variant in VARIANTS:
         command = [sys.executable, __file__, "--variant", variant] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "variant"
         ]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        results[variant] = json.loads(output.strip().splitlines()[-1])
+        peak[variant] = json.loads(output.strip().splitlines()[-1])["peak_mib"]
+    seconds, prompt_tokens = measure_times(args)
 
-    r = results
     print(
-        f"device={args.device} dtype={args.dtype} hidden={args.hidden_size} layers={args.layers} "
-        f"vocab=151936 batch={args.batch_size} prompt_tokens={r['rime_gen']['prompt_tokens']} "
-        f"new_tokens={args.new_tokens} threads={args.threads} repeats={args.repeats}"
+        f"device={args.device} dtype={args.dtype} hidden={args.hidden_size} layers={args.layers} vocab=151936 "
+        f"batch={args.batch_size} prompt_tokens={prompt_tokens} new_tokens={args.new_tokens} "
+        f"threads={args.threads} repeats={args.repeats}"
     )
     print(f"{'variant':<24}{'median s':>10}{'peak MiB':>10}")
-    for name, row in r.items():
-        print(f"{name:<24}{row['seconds']:>10.4f}{row['peak_mib']:>10.1f}")
+    for name in VARIANTS:
+        print(f"{name:<24}{seconds[name]:>10.4f}{peak[name]:>10.1f}")
     print()
-    print(
-        f"disc: rime / raw backbone forward            time x{r['rime_disc']['seconds'] / r['raw_forward']['seconds']:.3f}"
-    )
-    print(
-        f"gen:  rime / plain generate (same tokens)    time x{r['rime_gen']['seconds'] / r['plain_generate']['seconds']:.3f}"
-        f"   peak memory {r['rime_gen']['peak_mib']:.1f} vs {r['plain_generate']['peak_mib']:.1f} MiB"
-    )
-    print(
-        f"gen:  rime / generate(output_hidden_states) time x{r['rime_gen']['seconds'] / r['generate_hidden_states']['seconds']:.3f}"
-        f"   peak memory {r['rime_gen']['peak_mib']:.1f} vs {r['generate_hidden_states']['peak_mib']:.1f} MiB"
-    )
+
+    def ratio(a: str, b: str) -> str:
+        return f"time x{seconds[a] / seconds[b]:.3f}   peak memory {peak[a]:.1f} vs {peak[b]:.1f} MiB"
+
+    print(f"disc: rime / raw backbone forward             {ratio('rime_disc', 'raw_forward')}")
+    print(f"gen:  rime / plain generate (same tokens)     {ratio('rime_gen', 'plain_generate')}")
+    print(f"gen:  rime / generate(output_hidden_states)   {ratio('rime_gen', 'generate_hidden_states')}")
 
 
 if __name__ == "__main__":

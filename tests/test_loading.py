@@ -227,3 +227,13 @@ def test_config_round_trip_and_family_specific_processor(tmp_path):
     loaded = RimeForEmbedding.from_pretrained(tmp_path)
     assert loaded.config.vlm_config.model_type == "qwen3_vl"
     assert loaded.vlm.__class__.__name__ == "Qwen3VLForConditionalGeneration"
+
+
+def test_published_layout_gets_rimes_pixel_budget_unless_one_is_given(tmp_path, saved_dir, processor):
+    write_published_checkpoint(tmp_path / "published")
+    loaded = RimeProcessor.from_pretrained(tmp_path / "published")
+    assert loaded.image_processor.size == {"shortest_edge": 3136, "longest_edge": 2359296}
+    chosen = RimeProcessor.from_pretrained(tmp_path / "published", size={"shortest_edge": 784, "longest_edge": 9999})
+    assert chosen.image_processor.size["longest_edge"] == 9999
+    # a RIME directory keeps the budget it was saved with
+    assert RimeProcessor.from_pretrained(saved_dir).image_processor.size == processor.image_processor.size

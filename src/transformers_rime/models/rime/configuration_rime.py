@@ -29,6 +29,8 @@ DEFAULT_GEN_INSTRUCTION = (
 )
 SUPPORTED_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 POOLING_MODES = ("token", "last")
+# from_pretrained keyword arguments that locate files (passed on when we read a config or tokenizer ourselves)
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
 class RimeConfig(PreTrainedConfig):

@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.utils import ModelOutput
 
-from .configuration_rime import PreTrainedConfig, RimeConfig
+from .configuration_rime import HUB_KWARGS, PreTrainedConfig, RimeConfig
 
 
 # --------------------------------------------------------------------------- pooling (pure functions)
@@ -155,6 +155,7 @@ class GenEmbLogitsProcessor(LogitsProcessor):
         self.prompt_length = prompt_length
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
+        self.seen_gen_emb = torch.zeros(batch_size, dtype=torch.bool, device=device)
         # substitute_share[b, t]: probability that a <gen_emb> emitted at step t is a substitute (0 or 1 if greedy)
         self.substitute_share = torch.zeros(batch_size, max_new_tokens + 2, device=device)
         # Greedy decisions are certain (share 0 or 1), so no random draw is needed (and the global RNG is untouched).
@@ -163,11 +164,11 @@ class GenEmbLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_length
-        active = ~(input_ids[:, self.prompt_length :] == self.gen_emb_id).any(dim=1)  # (B,) no <gen_emb> yet
-        if not active.any():
-            return scores
-        scores = scores.clone()
+        if step > 0:
+            self.seen_gen_emb |= input_ids[:, -1] == self.gen_emb_id
+        active = ~self.seen_gen_emb  # (B,) rows still writing their rewrite
         if step >= self.max_new_tokens:
+            scores = scores.clone()
             scores[active] = float("-inf")
             scores[active, self.gen_emb_id] = 0.0
             self.substitute_share[active, step] = 1.0
@@ -180,13 +181,17 @@ class GenEmbLogitsProcessor(LogitsProcessor):
             merged = torch.logaddexp(scores[:, self.gen_emb_id], end_mass)
             share = torch.exp(end_mass - merged).nan_to_num(0.0)
             self.substitute_share[active, step] = share[active]
+            scores = scores.clone()
             scores[active, self.gen_emb_id] = merged[active]
             scores[active.nonzero(), self.end_ids] = float("-inf")
-        else:
-            ends_turn = active & (end_scores.amax(dim=1) >= scores.amax(dim=1))
-            scores[ends_turn] = float("-inf")
-            scores[ends_turn, self.gen_emb_id] = 0.0
-            self.substitute_share[ends_turn, step] = 1.0
+            return scores
+        ends_turn = active & (end_scores.amax(dim=1) >= scores.amax(dim=1))
+        if not bool(ends_turn.any()):  # the common case: leave the scores untouched, no copy
+            return scores
+        scores = scores.clone()
+        scores[ends_turn] = float("-inf")
+        scores[ends_turn, self.gen_emb_id] = 0.0
+        self.substitute_share[ends_turn, step] = 1.0
         return scores
 
     def substituted(self, steps: torch.LongTensor) -> torch.BoolTensor:
@@ -203,7 +208,10 @@ class StopAfterGenEmb(StoppingCriteria):
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return (input_ids[:, self.prompt_length : -1] == self.gen_emb_id).any(dim=1)
+        # generate keeps a stopped row stopped, so only the step right after <gen_emb> needs to say so
+        if input_ids.shape[1] - self.prompt_length < 2:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return input_ids[:, -2] == self.gen_emb_id
 
 
 class LastLayerCapture:
@@ -405,7 +413,8 @@ class RimeForEmbedding(RimePreTrainedModel):
         Write the rewrite and read the generative embedding at `<gen_emb>`.
 
         Decoding is greedy unless `do_sample=True` is passed, whatever the checkpoint's `generation_config` asks
-        for. A row stops at `<gen_emb>`; if it ends its turn or reaches `max_new_tokens` first, `<gen_emb>` is
+        for; its repetition penalty and n-gram blocking are not applied either unless passed here. With sampling,
+        the checkpoint's temperature / top-k / top-p apply (override them here). A row stops at `<gen_emb>`; if it ends its turn or reaches `max_new_tokens` first, `<gen_emb>` is
         appended after its tokens and read there (`finished=False`). Only the needed last-layer states are kept: a
         hook on the text decoder reads the `<disc_emb>` state from the prefill and one state per decoding step, and
         the row's `<gen_emb>` is fed through one extra step.
@@ -496,7 +505,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         if isinstance(config, PreTrainedConfig):
             model_type = config.model_type
         else:
-            config_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            config_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             config_dict, _ = PreTrainedConfig.get_config_dict(config or pretrained_model_name_or_path, **config_kwargs)
             model_type = config_dict.get("model_type")
         if model_type == cls.config_class.model_type:
@@ -518,7 +527,7 @@ class RimeForEmbedding(RimePreTrainedModel):
             detail = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
             raise ValueError(f"Checkpoint {path} does not match its backbone ({detail}); refusing random weights.")
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+            tokenizer = AutoTokenizer.from_pretrained(path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
         # Building the outer config resets the attention backend of the (shared) backbone config; keep the one
         # the backbone was loaded with.
         rime_kwargs.setdefault("attn_implementation", vlm.config._attn_implementation)
@@ -535,7 +544,5 @@ class RimeForEmbedding(RimePreTrainedModel):
             raise ValueError(f"RIME token ids exceed the embedding table of {path} ({rows} rows).")
         return cls(config, vlm=vlm).eval()
 
-
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 __all__ = ["RimeForEmbedding", "RimePreTrainedModel", "RimeEmbeddingOutput", "RimeGenerationOutput"]

@@ -21,6 +21,7 @@ from .configuration_rime import (
     DEFAULT_QUERY_INSTRUCTION,
     DISC_EMB_TOKEN,
     GEN_EMB_TOKEN,
+    HUB_KWARGS,
     REWRITE_END,
     REWRITE_START,
     format_gen_instruction,
@@ -32,6 +33,9 @@ ROLES = ("query", "document")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
 # Qwen's smart_resize refuses aspect ratios above 200; we refuse them earlier, naming the item.
 MAX_ASPECT_RATIO = 200
+# The pixel budget UME-R1 (and so RIME) embeds with; stock Qwen2-VL configs allow 5x more pixels per image.
+PUBLISHED_PIXEL_BUDGET = {"shortest_edge": 3136, "longest_edge": 2359296}
+PIXEL_KWARGS = ("size", "min_pixels", "max_pixels")
 
 
 class RimeProcessor(Qwen2VLProcessor):
@@ -129,7 +133,14 @@ class RimeProcessor(Qwen2VLProcessor):
         # Pin the PIL image backend: the saved config names the torchvision class, which would make CPU and GPU
         # machines preprocess differently (and fail where torchvision is missing).
         kwargs.setdefault("backend", "pil")
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # A published RIME / UME-R1 checkpoint ships the stock Qwen preprocessor config, whose pixel budget is not
+        # the one the model embeds with: use RIME's unless the caller chose one.
+        hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
+        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **hub_kwargs)
+        if "gen_instruction" not in processor_dict and not any(k in kwargs for k in PIXEL_KWARGS):
+            processor.image_processor.size = dict(PUBLISHED_PIXEL_BUDGET)
+        return processor
 
     # ------------------------------------------------------------------ token ids
 
