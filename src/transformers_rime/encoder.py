@@ -304,25 +304,14 @@ class RimeEncoder:
         Returns:
             For each query, `top_k` [`SearchHit`]s sorted by decreasing score.
         """
+        common = dict(batch_size=batch_size, show_progress_bar=show_progress_bar, **encode_kwargs)
         if corpus_embeddings is None:
             if corpus is None:
                 raise ValueError("search needs `corpus` or `corpus_embeddings`.")
             corpus_embeddings = self.encode_documents(
-                list(corpus),
-                mode=corpus_mode,
-                instruction=corpus_instruction,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                **encode_kwargs,
+                list(corpus), mode=corpus_mode, instruction=corpus_instruction, **common
             )
-        query_embeddings = self.encode_queries(
-            list(queries),
-            mode=query_mode,
-            instruction=query_instruction,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            **encode_kwargs,
-        )
+        query_embeddings = self.encode_queries(list(queries), mode=query_mode, instruction=query_instruction, **common)
         scores = self.similarity(torch.as_tensor(query_embeddings).cpu(), torch.as_tensor(corpus_embeddings).cpu())
         k = min(top_k, scores.shape[1])
         values, indices = scores.topk(k, dim=1)

@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .models.rime.processing_rime import load_image
+from .models.rime.processing_rime import load_image, open_image_file
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -53,16 +53,7 @@ def _check_image(value, where: str) -> tuple[int, int]:
     if isinstance(value, Image.Image):
         return value.size
     if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{where}: image file not found: {path}")
-        try:
-            with Image.open(path) as image:
-                size = image.size
-                image.verify()
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise ValueError(f"{where}: cannot read image file {path}: {error}") from error
-        return size
+        return open_image_file(value, where, decode=False)
     raise TypeError(f"{where}: expected a PIL image or an image path, got {type(value).__name__}.")
 
 

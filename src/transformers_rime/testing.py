@@ -133,6 +133,10 @@ def tiny_rime_processor(family: str = "qwen2_vl", tokenizer=None, **kwargs) -> R
     )
 
 
+# Qwen2.5-VL and Qwen3-VL vision towers share these sizes; `out_hidden_size` is the text hidden size.
+_QWEN25_STYLE_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+
+
 def _round_up(n: int, multiple: int = 64) -> int:
     return (n + multiple - 1) // multiple * multiple
 
@@ -166,25 +170,14 @@ def tiny_vlm_config(family: str = "qwen2_vl", tokenizer=None, **text_overrides):
             },
         )
         vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
+            **_QWEN25_STYLE_VISION,
             "patch_size": 16,
             "num_position_embeddings": 64,
             "deepstack_visual_indexes": [1],
         }
     elif family == "qwen2_5_vl":
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
-        vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-            "fullatt_block_indexes": [1],
-        }
+        vision = {**_QWEN25_STYLE_VISION, "fullatt_block_indexes": [1]}
     else:
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
         vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}

@@ -329,14 +329,7 @@ def load_image(image, where: str = "image") -> Image.Image:
     """
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{where}: image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise ValueError(f"{where}: cannot read image file {path}: {error}") from error
+        image = open_image_file(path, where)
         where = f"{where} ({path})"
     elif not isinstance(image, Image.Image):
         raise TypeError(f"{where}: expected a PIL image or an image path, got {type(image).__name__}.")
@@ -351,6 +344,28 @@ def load_image(image, where: str = "image") -> Image.Image:
             "crop or pad the image first."
         )
     return image
+
+
+def open_image_file(path: str | os.PathLike, where: str = "image", decode: bool = True):
+    """Open an image file, with errors that name `where` and the path.
+
+    With `decode=True`, return the fully decoded image (a truncated file is an error; PIL's global
+    `LOAD_TRUNCATED_IMAGES` is never touched). With `decode=False`, only check the file (`PIL.Image.verify`, no
+    pixel decoding) and return its `(width, height)`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            if not decode:
+                size = image.size
+                image.verify()
+                return size
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ValueError(f"{where}: cannot read image file {path}: {error}") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
