@@ -200,6 +200,18 @@ def test_published_layout_with_a_missing_weight_is_an_error(tmp_path):
         RimeForEmbedding.from_pretrained(tmp_path)
 
 
+def test_published_layout_with_an_unexpected_weight_is_an_error(tmp_path):
+    from safetensors.torch import save_file
+
+    write_published_checkpoint(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["model.extra_projection.weight"] = torch.zeros(4, 4)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="unexpected_keys"):
+        RimeForEmbedding.from_pretrained(tmp_path)
+
+
 def test_published_layout_without_rime_tokens_is_an_error(tmp_path):
     from transformers_rime.testing import tiny_tokenizer
 
