@@ -163,3 +163,8 @@ def test_generate_returns_rewrites_and_both_embeddings(encoder, image):
         np.stack([g.embedding for g in generations]), encoder.encode(items, mode="gen", max_new_tokens=3), atol=1e-6
     )
     np.testing.assert_allclose(np.stack([g.disc_embedding for g in generations]), encoder.encode(items), atol=1e-5)
+
+
+def test_empty_list_gives_an_empty_array(encoder):
+    assert encoder.encode([]).shape == (0, encoder.embedding_dim)
+    assert encoder.search([], ["a"], top_k=3) == []

@@ -249,3 +249,21 @@ def test_published_layout_gets_rimes_pixel_budget_unless_one_is_given(tmp_path, 
     assert chosen.image_processor.size["longest_edge"] == 9999
     # a RIME directory keeps the budget it was saved with
     assert RimeProcessor.from_pretrained(saved_dir).image_processor.size == processor.image_processor.size
+
+
+def test_rime_checkpoint_with_a_missing_weight_is_an_error(saved_dir):
+    from safetensors.torch import save_file
+
+    with safe_open(saved_dir / "model.safetensors", "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if "layers.0.self_attn.q_proj" not in k}
+    save_file(tensors, saved_dir / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys"):
+        RimeForEmbedding.from_pretrained(saved_dir)
+    with pytest.raises(ValueError, match="missing_keys"):
+        AutoModel.from_pretrained(saved_dir)
+
+
+def test_output_loading_info_is_still_available(saved_dir):
+    model, info = RimeForEmbedding.from_pretrained(saved_dir, output_loading_info=True)
+    assert isinstance(model, RimeForEmbedding)
+    assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -279,3 +279,13 @@ def test_bfloat16_stays_close_to_float32(processor):
         half = model.to(torch.bfloat16)(**batch).embeddings
     assert half.dtype == torch.bfloat16
     assert F.cosine_similarity(full, half.float()).min() > 0.99
+
+
+def test_last_pooling_reads_the_last_attended_position(processor):
+    model = tiny_rime_model(processor=processor, pooling="last")
+    batch = processor(text=TEXTS, mode="disc", return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch)
+    torch.testing.assert_close(out.embeddings, F.normalize(out.last_hidden_state[:, -1], dim=-1))  # left padding
+    with pytest.raises(ValueError, match="pooling='token'"):
+        model.generate_embeddings(**processor(text=TEXTS[:1], mode="gen", return_tensors="pt"), max_new_tokens=1)

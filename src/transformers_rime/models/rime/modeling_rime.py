@@ -508,10 +508,15 @@ class RimeForEmbedding(RimePreTrainedModel):
             config_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             config_dict, _ = PreTrainedConfig.get_config_dict(config or pretrained_model_name_or_path, **config_kwargs)
             model_type = config_dict.get("model_type")
-        if model_type == cls.config_class.model_type:
-            kwargs.pop("tokenizer", None)  # token ids are in the config already
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return cls.from_backbone_checkpoint(pretrained_model_name_or_path, **kwargs)
+        if model_type != cls.config_class.model_type:
+            return cls.from_backbone_checkpoint(pretrained_model_name_or_path, **kwargs)
+        kwargs.pop("tokenizer", None)  # token ids are in the config already
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        _raise_on_random_weights(pretrained_model_name_or_path, info)
+        return (model, info) if wants_info else model
 
     @classmethod
     def from_backbone_checkpoint(cls, path: str | os.PathLike, tokenizer=None, **kwargs) -> RimeForEmbedding:
@@ -521,11 +526,7 @@ class RimeForEmbedding(RimePreTrainedModel):
             k: kwargs.pop(k) for k in list(kwargs) if k in RimeConfig.__dataclass_fields__ and k != "vlm_config"
         }
         vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
-        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        problems = {k: v for k, v in problems.items() if v}
-        if problems:
-            detail = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
-            raise ValueError(f"Checkpoint {path} does not match its backbone ({detail}); refusing random weights.")
+        _raise_on_random_weights(path, info)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
         # Building the outer config resets the attention backend of the (shared) backbone config; keep the one
@@ -543,6 +544,15 @@ class RimeForEmbedding(RimePreTrainedModel):
         if max(config.disc_emb_token_id, config.gen_emb_token_id) >= rows:
             raise ValueError(f"RIME token ids exceed the embedding table of {path} ({rows} rows).")
         return cls(config, vlm=vlm).eval()
+
+
+def _raise_on_random_weights(path, loading_info: dict) -> None:
+    """A missing, unexpected or mismatched weight would leave part of the model random: refuse it."""
+    problems = {k: sorted(loading_info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        detail = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
+        raise ValueError(f"Checkpoint {path} does not match the model ({detail}); refusing random weights.")
 
 
 __all__ = ["RimeForEmbedding", "RimePreTrainedModel", "RimeEmbeddingOutput", "RimeGenerationOutput"]
