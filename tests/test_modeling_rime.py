@@ -289,3 +289,12 @@ def test_last_pooling_reads_the_last_attended_position(processor):
     torch.testing.assert_close(out.embeddings, F.normalize(out.last_hidden_state[:, -1], dim=-1))  # left padding
     with pytest.raises(ValueError, match="pooling='token'"):
         model.generate_embeddings(**processor(text=TEXTS[:1], mode="gen", return_tensors="pt"), max_new_tokens=1)
+
+
+def test_a_caller_stopping_criterion_that_cuts_generation_short_is_an_error(processor, model):
+    from transformers import MaxLengthCriteria
+
+    batch = processor(text=TEXTS[:1], mode="gen", return_tensors="pt")
+    cut = MaxLengthCriteria(max_length=batch["input_ids"].shape[1] + 2)
+    with pytest.raises(RuntimeError, match="stopped before"):
+        model.generate_embeddings(**batch, max_new_tokens=6, stopping_criteria=[cut])

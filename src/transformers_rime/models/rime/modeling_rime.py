@@ -460,7 +460,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         )
         pad_id = self.vlm.generation_config.pad_token_id
         pad_id = pad_id if pad_id is not None else min(end_ids, default=0)
-        kwargs.setdefault("pad_token_id", pad_id)
+        pad_id = kwargs.setdefault("pad_token_id", pad_id)
         # <gen_emb> may come after `budget` tokens, and one more step feeds it through the model.
         kwargs["max_new_tokens"] = budget + 2
         kwargs["return_dict_in_generate"] = False
@@ -469,9 +469,10 @@ class RimeForEmbedding(RimePreTrainedModel):
             sequences = self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new_tokens = sequences[:, prompt_length:]  # (B, T)
         is_gen = new_tokens == gen_id
-        if not bool(is_gen.any(dim=1).all()):  # only possible if a user stopping criterion cut generation short
-            raise RuntimeError("Generation stopped before every row produced <gen_emb>; check stopping_criteria.")
         gen_steps = is_gen.int().argmax(dim=1)  # (B,) first <gen_emb>
+        # only possible if a caller's stopping criterion cut generation short
+        if not bool(is_gen.any(dim=1).all()) or int(gen_steps.max()) >= len(capture.step_states):
+            raise RuntimeError("Generation stopped before every row's <gen_emb> was read; check stopping_criteria.")
         step_states = torch.stack(capture.step_states, dim=0)  # (T-1, B, D): state of new token t at index t
         rows = torch.arange(batch_size, device=input_ids.device)
         gen_states = step_states[gen_steps, rows]  # (B, D)
