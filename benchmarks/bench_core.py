@@ -32,7 +32,7 @@ VARIANTS = ("raw_forward", "rime_disc", "plain_generate", "rime_gen", "generate_
 def build(args):
     import torch
 
-    from transformers_rime import RimeForEmbedding
+    from transformers_rime import RimeConfig, RimeForEmbedding
     from transformers_rime.testing import random_image, tiny_rime_processor, tiny_vlm_config
 
     torch.manual_seed(0)
@@ -50,8 +50,6 @@ def build(args):
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
     )
     vlm_config.vision_config.hidden_size = args.hidden_size
-    from transformers_rime import RimeConfig
-
     config = RimeConfig(vlm_config=vlm_config)
     processor.apply_token_ids(config)
     model = RimeForEmbedding(config).eval().to(device=args.device, dtype=getattr(torch, args.dtype))

@@ -33,6 +33,11 @@ POOLING_MODES = ("token", "last")
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
+def select_hub_kwargs(kwargs: dict) -> dict:
+    """The file-locating subset of `from_pretrained` keyword arguments (see `HUB_KWARGS`)."""
+    return {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+
+
 class RimeConfig(PreTrainedConfig):
     r"""
     Configuration of a [`RimeForEmbedding`] model: a Qwen-VL backbone plus every choice RIME makes on top of it.

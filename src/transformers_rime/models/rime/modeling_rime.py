@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.utils import ModelOutput
 
-from .configuration_rime import HUB_KWARGS, PreTrainedConfig, RimeConfig
+from .configuration_rime import PreTrainedConfig, RimeConfig, select_hub_kwargs
 
 
 # --------------------------------------------------------------------------- pooling (pure functions)
@@ -414,8 +414,9 @@ class RimeForEmbedding(RimePreTrainedModel):
 
         Decoding is greedy unless `do_sample=True` is passed, whatever the checkpoint's `generation_config` asks
         for; its repetition penalty and n-gram blocking are not applied either unless passed here. With sampling,
-        the checkpoint's temperature / top-k / top-p apply (override them here). A row stops at `<gen_emb>`; if it ends its turn or reaches `max_new_tokens` first, `<gen_emb>` is
-        appended after its tokens and read there (`finished=False`). Only the needed last-layer states are kept: a
+        the checkpoint's temperature / top-k / top-p apply (override them here). A row stops at `<gen_emb>`; if it
+        ends its turn or reaches `max_new_tokens` first, `<gen_emb>` is appended after its tokens and read there
+        (`finished=False`). Only the needed last-layer states are kept: a
         hook on the text decoder reads the `<disc_emb>` state from the prefill and one state per decoding step, and
         the row's `<gen_emb>` is fed through one extra step.
 
@@ -506,8 +507,9 @@ class RimeForEmbedding(RimePreTrainedModel):
         if isinstance(config, PreTrainedConfig):
             model_type = config.model_type
         else:
-            config_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-            config_dict, _ = PreTrainedConfig.get_config_dict(config or pretrained_model_name_or_path, **config_kwargs)
+            config_dict, _ = PreTrainedConfig.get_config_dict(
+                config or pretrained_model_name_or_path, **select_hub_kwargs(kwargs)
+            )
             model_type = config_dict.get("model_type")
         if model_type != cls.config_class.model_type:
             return cls.from_backbone_checkpoint(pretrained_model_name_or_path, **kwargs)
@@ -529,7 +531,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
         _raise_on_random_weights(path, info)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
+            tokenizer = AutoTokenizer.from_pretrained(path, **select_hub_kwargs(kwargs))
         # Building the outer config resets the attention backend of the (shared) backbone config; keep the one
         # the backbone was loaded with.
         rime_kwargs.setdefault("attn_implementation", vlm.config._attn_implementation)

@@ -21,10 +21,10 @@ from .configuration_rime import (
     DEFAULT_QUERY_INSTRUCTION,
     DISC_EMB_TOKEN,
     GEN_EMB_TOKEN,
-    HUB_KWARGS,
     REWRITE_END,
     REWRITE_START,
     format_gen_instruction,
+    select_hub_kwargs,
 )
 
 
@@ -136,8 +136,7 @@ class RimeProcessor(Qwen2VLProcessor):
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         # A published RIME / UME-R1 checkpoint ships the stock Qwen preprocessor config, whose pixel budget is not
         # the one the model embeds with: use RIME's unless the caller chose one.
-        hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
-        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **hub_kwargs)
+        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **select_hub_kwargs(kwargs))
         if "gen_instruction" not in processor_dict and not any(k in kwargs for k in PIXEL_KWARGS):
             processor.image_processor.size = dict(PUBLISHED_PIXEL_BUDGET)
         return processor
