@@ -24,9 +24,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    package_dir={"": "src"},
-    packages=find_packages("src"),
-    package_data={"transformers_rime": ["py.typed"]},
+    # model_cards/ (the card template and the released models' cards) is installed as transformers_rime.model_cards
+    package_dir={"": "src", "transformers_rime.model_cards": "model_cards"},
+    packages=[*find_packages("src"), "transformers_rime.model_cards"],
+    package_data={"transformers_rime": ["py.typed"], "transformers_rime.model_cards": ["template.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -36,6 +37,7 @@ setup(
         "pillow>=10",
         "numpy>=1.24",
         "tqdm>=4.60",
+        "jinja2>=3.1",
     ],
     extras_require=extras,
     entry_points={"console_scripts": ["rime=transformers_rime.cli:main"]},

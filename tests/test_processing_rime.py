@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from transformers_rime import RimeProcessor
-from transformers_rime.models.rime.processing_rime import load_image, sample_frames, to_rgb
+from transformers_rime.inputs import load_image, to_rgb
+from transformers_rime.models.rime.processing_rime import sample_frames
 from transformers_rime.testing import (
     CHAT_TEMPLATE,
     random_image,

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from huggingface_hub import CommitOperationAdd, HfApi
 from tqdm.auto import tqdm
 
+from .export import write_sentence_transformers_files
 from .inputs import RimeInput, parse_inputs
+from .model_card import create_model_card
 from .models.rime.modeling_rime import RimeForEmbedding
 from .models.rime.processing_rime import MODES, ROLES, RimeProcessor, check_choice
-
-
-PROMPT_FIELDS = (
-    "query_instruction",
-    "document_instruction",
-    "gen_instruction",
-    "rewrite_start",
-    "rewrite_end",
-    "disc_emb_token",
-    "gen_emb_token",
-)
 
 
 @dataclass
@@ -81,18 +74,7 @@ class RimeEncoder:
     def __init__(self, model: RimeForEmbedding, processor: RimeProcessor):
         self.model = model
         self.processor = processor
-        for name in PROMPT_FIELDS:
-            setattr(processor, name, getattr(model.config, name))
-        if model.config.disc_emb_token_id != processor.disc_emb_token_id:
-            raise ValueError(
-                f"Model and processor disagree on {model.config.disc_emb_token}: id "
-                f"{model.config.disc_emb_token_id} in the config, {processor.disc_emb_token_id} in the tokenizer."
-            )
-        if model.config.gen_emb_token_id != processor.gen_emb_token_id:
-            raise ValueError(
-                f"Model and processor disagree on {model.config.gen_emb_token}: id "
-                f"{model.config.gen_emb_token_id} in the config, {processor.gen_emb_token_id} in the tokenizer."
-            )
+        processor.adopt_config(model.config)
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -126,10 +108,82 @@ class RimeEncoder:
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device).eval(), processor)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Write model (safetensors) and processor into one directory that `from_pretrained` reads back."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        model_card: bool = True,
+        results=None,
+        model_card_kwargs: dict | None = None,
+        **kwargs,
+    ) -> None:
+        """Write one directory that every loader understands, with a model card.
+
+        The directory holds the model (safetensors, `config.json` with `auto_map` and the RIME source files), the
+        processor, the sentence-transformers files and a `README.md` model card. It loads with
+        `RimeEncoder.from_pretrained`, `AutoModel` / `AutoProcessor.from_pretrained(..., trust_remote_code=True)` and
+        `SentenceTransformer(..., trust_remote_code=True)`, the last two without `transformers_rime` installed.
+
+        Args:
+            save_directory: where to write (created if needed).
+            model_card: write `README.md` (an existing one is overwritten).
+            results: evaluation results for the card: a mapping or a JSON path (see `transformers_rime.model_card`).
+            model_card_kwargs: passed to [`create_model_card`] (`model_id`, `base_model`, `license`, `datasets`, ...).
+            kwargs: passed to the model's `save_pretrained` (e.g. `max_shard_size`).
+        """
         self.model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
+        write_sentence_transformers_files(save_directory, self.model.config)
+        if model_card:
+            card = create_model_card(self.model, self.processor, results=results, **(model_card_kwargs or {}))
+            card.save(os.path.join(save_directory, "README.md"))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload RIME model",
+        create_pr: bool = False,
+        results=None,
+        model_card_kwargs: dict | None = None,
+        api: HfApi | None = None,
+    ):
+        """Save to a temporary directory (as `save_pretrained`, model card included) and upload it in one commit.
+
+        Args:
+            repo_id: the Hub repository (`"user/name"`), created if missing.
+            private: visibility of a newly created repository.
+            token: Hub token (default: the logged-in user's).
+            revision: branch to commit to.
+            commit_message: the commit message.
+            create_pr: open a pull request instead of committing to the branch.
+            results / model_card_kwargs: as in `save_pretrained`; the card's usage snippets load `repo_id`.
+            api: the `huggingface_hub.HfApi` to use (e.g. one with a custom endpoint).
+
+        Returns:
+            The `huggingface_hub.CommitInfo` of the upload.
+        """
+        api = api or HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        card_kwargs = {"model_id": repo_id, **(model_card_kwargs or {})}
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, results=results, model_card_kwargs=card_kwargs)
+            operations = [
+                CommitOperationAdd(
+                    path_in_repo=os.path.relpath(path, folder).replace(os.sep, "/"), path_or_fileobj=path
+                )
+                for root, _, names in sorted(os.walk(folder))
+                for path in (os.path.join(root, name) for name in sorted(names))
+            ]
+            return api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+            )
 
     @property
     def device(self) -> torch.device:
@@ -243,16 +297,7 @@ class RimeEncoder:
             yield indices, [items[i] for i in indices]
 
     def _features(self, items: list[RimeInput], mode, role, instruction, max_length):
-        features = self.processor(
-            text=[item.text for item in items],
-            images=[item.images or None for item in items],
-            videos=[item.video for item in items],
-            mode=mode,
-            role=role,
-            instruction=instruction,
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        features = self.processor.process_inputs(items, mode, role, instruction, max_length).to(self.device)
         if "pixel_values" in features:
             features["pixel_values"] = features["pixel_values"].to(self.model.dtype)
         return features

@@ -1,113 +1,28 @@
 """Turn what users pass to `RimeEncoder.encode` into normalised items, with errors that name the item.
 
-Accepted items: a `str` (text, or an image path when it ends in an image extension), a `pathlib.Path` (image),
-a `PIL.Image.Image`, a list of frames (a video: PIL images or paths), or a dict with any of `text`, `image`,
-`images`, `video`.
+The implementation lives in `transformers_rime.models.rime.inputs_rime`, which ships to the Hub with the model so
+that exported directories parse inputs exactly as this package does; this module is its public home.
 """
 
-from __future__ import annotations
-
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from PIL import Image
-
-from .models.rime.processing_rime import load_image, open_image_file
-
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-DICT_KEYS = ("text", "image", "images", "video")
+from .models.rime.inputs_rime import (
+    IMAGE_EXTENSIONS,
+    RimeInput,
+    is_image_path,
+    load_image,
+    open_image_file,
+    parse_input,
+    parse_inputs,
+    to_rgb,
+)
 
 
-@dataclass
-class RimeInput:
-    """One item to embed: optional text, images (PIL or paths) and video frames (PIL or paths)."""
-
-    text: str | None = None
-    images: list = field(default_factory=list)
-    video: list | None = None
-    # (width, height) of every image and frame, read from headers; used to sort batches by length
-    sizes: list[tuple[int, int]] = field(default_factory=list)
-
-    def estimated_length(self, pixels_per_token: int = 28 * 28, max_pixels: int = 2359296) -> int:
-        """A cheap token-count estimate, to batch items of similar length together."""
-        text_tokens = len(self.text or "") // 3
-        return text_tokens + sum(min(w * h, max_pixels) // pixels_per_token + 2 for w, h in self.sizes)
-
-
-def is_image_path(value: str | os.PathLike) -> bool:
-    """Whether a string names an image file (by extension, case-insensitive).
-
-    ```python
-    >>> is_image_path("photos/CAT.JPG"), is_image_path("a photo of a cat")
-    (True, False)
-
-    ```
-    """
-    return os.fspath(value).lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _check_image(value, where: str) -> tuple[int, int]:
-    """Check an image or image path without decoding it fully; return its (width, height)."""
-    if isinstance(value, Image.Image):
-        return value.size
-    if isinstance(value, (str, os.PathLike)):
-        return open_image_file(value, where, decode=False)
-    raise TypeError(f"{where}: expected a PIL image or an image path, got {type(value).__name__}.")
-
-
-def parse_input(item, index: int) -> RimeInput:
-    """Normalise one user item (see the module docstring); raise a clear error naming `index`."""
-    where = f"input {index}"
-    if isinstance(item, str):
-        if is_image_path(item):
-            return RimeInput(images=[item], sizes=[_check_image(item, where)])
-        if not item.strip():
-            raise ValueError(f"{where}: empty text.")
-        return RimeInput(text=item)
-    if isinstance(item, (Path, Image.Image)):
-        return RimeInput(images=[item], sizes=[_check_image(item, where)])
-    if isinstance(item, (list, tuple)):
-        return _video_input(None, item, where)
-    if isinstance(item, dict):
-        unknown = set(item) - set(DICT_KEYS)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; use {', '.join(DICT_KEYS)}.")
-        text = item.get("text")
-        if text is not None and not isinstance(text, str):
-            raise TypeError(f"{where}: 'text' must be a string, got {type(text).__name__}.")
-        images = []
-        if item.get("image") is not None:
-            images.append(item["image"])
-        if item.get("images") is not None:
-            if not isinstance(item["images"], (list, tuple)):
-                raise TypeError(f"{where}: 'images' must be a list of images or paths.")
-            images.extend(item["images"])
-        parsed = _video_input(text, item["video"], where) if item.get("video") is not None else RimeInput(text)
-        if text is not None and not text.strip() and not images and item.get("video") is None:
-            raise ValueError(f"{where}: empty text.")
-        parsed.images = images
-        parsed.sizes += [_check_image(image, f"{where} image {i}") for i, image in enumerate(images)]
-        if not parsed.text and not parsed.images and parsed.video is None:
-            raise ValueError(f"{where}: empty input dict (no text, image or video).")
-        return parsed
-    raise TypeError(
-        f"{where}: unsupported input type {type(item).__name__}; expected str, image path, PIL image, "
-        "list of frames (video) or dict with text/image/images/video."
-    )
-
-
-def _video_input(text: str | None, frames, where: str) -> RimeInput:
-    if not isinstance(frames, (list, tuple)) or len(frames) == 0:
-        raise ValueError(f"{where}: a video must be a non-empty list of frames (PIL images or paths).")
-    sizes = [_check_image(frame, f"{where} frame {i}") for i, frame in enumerate(frames)]
-    return RimeInput(text=text, video=list(frames), sizes=sizes)
-
-
-def parse_inputs(items) -> list[RimeInput]:
-    """Normalise a list of items, failing on the first bad one (before any model work)."""
-    return [parse_input(item, index) for index, item in enumerate(items)]
-
-
-__all__ = ["IMAGE_EXTENSIONS", "RimeInput", "is_image_path", "load_image", "parse_input", "parse_inputs"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "RimeInput",
+    "is_image_path",
+    "load_image",
+    "open_image_file",
+    "parse_input",
+    "parse_inputs",
+    "to_rgb",
+]

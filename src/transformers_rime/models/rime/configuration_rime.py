@@ -7,7 +7,51 @@ stays self-contained.
 
 from __future__ import annotations
 
-from transformers import AutoConfig
+import os
+
+import transformers
+from packaging.version import Version
+
+
+# The transformers releases this file is tested with. Checked before anything else runs, so that an unsupported
+# version fails here with a clear message instead of deep inside a model class.
+SUPPORTED_TRANSFORMERS = (Version("5.17.0"), Version("6.0.0"))  # [min, max)
+SKIP_VERSION_CHECK_ENV = "RIME_SKIP_VERSION_CHECK"
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Raise an `ImportError` naming the supported range if `version` (default: the installed one) is outside it.
+
+    Setting the environment variable `RIME_SKIP_VERSION_CHECK=1` turns the error into a warning, for trying a newer
+    release at your own risk.
+
+    ```python
+    >>> check_transformers_version("5.24.0")
+    >>> check_transformers_version("4.57.1")
+    Traceback (most recent call last):
+    ...
+    ImportError: RIME needs transformers>=5.17.0,<6.0.0, found 4.57.1. ...
+
+    ```
+    """
+    found = Version(version or transformers.__version__)
+    low, high = SUPPORTED_TRANSFORMERS
+    if low <= Version(found.base_version) < high:
+        return
+    message = (
+        f"RIME needs transformers>={low},<{high}, found {found}. Install a supported release "
+        f"(pip install 'transformers>={low},<{high}'), or a newer transformers_rime or model revision that supports "
+        f"yours. Set {SKIP_VERSION_CHECK_ENV}=1 to try anyway."
+    )
+    if os.environ.get(SKIP_VERSION_CHECK_ENV) == "1":
+        transformers.logging.get_logger(__name__).warning(message)
+        return
+    raise ImportError(message)
+
+
+check_transformers_version()
+
+from transformers import AutoConfig  # noqa: E402  (after the version check, on purpose)
 
 
 try:  # transformers >= 5 spells it PreTrainedConfig; the old alias is kept for older releases

@@ -1,18 +1,14 @@
 # Copyright 2026 The transformers_rime authors. Licensed under the Apache License, Version 2.0.
 """RIME processor: builds the disc/gen prompts on top of the Qwen-VL processor.
 
-This file ships to the Hub next to the weights (``trust_remote_code``): it imports only ``transformers``, PIL,
-numpy and its sibling configuration file.
+This file ships to the Hub next to the weights (``trust_remote_code``): it imports only ``transformers`` and its
+sibling files.
 """
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import Qwen2VLProcessor
 
 from .configuration_rime import (
@@ -26,13 +22,22 @@ from .configuration_rime import (
     format_gen_instruction,
     select_hub_kwargs,
 )
+from .inputs_rime import RimeInput, load_image, parse_input
 
 
 MODES = ("disc", "gen")
 ROLES = ("query", "document")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
-# Qwen's smart_resize refuses aspect ratios above 200; we refuse them earlier, naming the item.
-MAX_ASPECT_RATIO = 200
+# the processor attributes that come from the model's RimeConfig (see `adopt_config`)
+PROMPT_FIELDS = (
+    "query_instruction",
+    "document_instruction",
+    "gen_instruction",
+    "rewrite_start",
+    "rewrite_end",
+    "disc_emb_token",
+    "gen_emb_token",
+)
 # The pixel budget UME-R1 (and so RIME) embeds with; stock Qwen2-VL configs allow 5x more pixels per image.
 PUBLISHED_PIXEL_BUDGET = {"shortest_edge": 3136, "longest_edge": 2359296}
 PIXEL_KWARGS = ("size", "min_pixels", "max_pixels")
@@ -164,6 +169,24 @@ class RimeProcessor(Qwen2VLProcessor):
         config.gen_emb_token_id = self.gen_emb_token_id
         config.end_of_turn_token_ids = self.end_of_turn_token_ids
 
+    def adopt_config(self, config) -> None:
+        """Take the instructions, tags and RIME tokens of a `RimeConfig`, the single source of truth for prompts.
+
+        Raises a `ValueError` if the config's token ids are not this tokenizer's (a model paired with the wrong
+        processor would read its embeddings at the wrong tokens).
+        """
+        for name in PROMPT_FIELDS:
+            setattr(self, name, getattr(config, name))
+        for token, token_id in (
+            (self.disc_emb_token, config.disc_emb_token_id),
+            (self.gen_emb_token, config.gen_emb_token_id),
+        ):
+            found = self.tokenizer.convert_tokens_to_ids(token)
+            if token_id != found:
+                raise ValueError(
+                    f"Model and processor disagree on {token}: id {token_id} in the config, {found} in the tokenizer."
+                )
+
     # ------------------------------------------------------------------ prompts
 
     def instruction_for(self, role: str, instruction: str | None = None) -> str | None:
@@ -237,6 +260,48 @@ class RimeProcessor(Qwen2VLProcessor):
                 raise ValueError("RimeProcessor: `role` and `instruction` only apply with `mode='disc'` or 'gen'.")
             return super().__call__(images=images, text=text, videos=videos, **kwargs)
         return self._rime_call(images, text, videos, mode, role or "query", instruction, **kwargs)
+
+    def process_inputs(
+        self,
+        inputs,
+        mode: str = "disc",
+        role: str = "query",
+        instruction: str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+    ):
+        """Build a batch from the items `RimeEncoder.encode` accepts (str, image path, PIL image, frame list, dict).
+
+        This is the one place where items become prompts: `RimeEncoder` and the sentence-transformers module both
+        call it, so the two render identical prompts for the same item.
+
+        Args:
+            inputs (`list`): items, raw or already parsed ([`RimeInput`]).
+            mode, role, instruction, max_length: as in `__call__`.
+            return_tensors (`str`, *optional*, defaults to `"pt"`): as in `__call__`.
+
+        Example:
+
+        ```python
+        >>> from transformers_rime.testing import tiny_rime_processor, random_image
+        >>> processor = tiny_rime_processor()
+        >>> batch = processor.process_inputs(["a red car", {"text": "what is this?", "image": random_image()}])
+        >>> batch["input_ids"].shape[0]
+        2
+
+        ```
+        """
+        items = [item if isinstance(item, RimeInput) else parse_input(item, i) for i, item in enumerate(inputs)]
+        return self(
+            text=[item.text for item in items],
+            images=[item.images or None for item in items],
+            videos=[item.video for item in items],
+            mode=mode,
+            role=role,
+            instruction=instruction,
+            max_length=max_length,
+            return_tensors=return_tensors,
+        )
 
     def _rime_call(self, images, text, videos, mode, role, instruction, max_length=None, **kwargs):
         check_choice("mode", mode, MODES)
@@ -318,72 +383,6 @@ def sample_frames(frames: list, max_frames: int) -> list:
         return [frames[len(frames) // 2]]
     step = (len(frames) - 1) / (max_frames - 1)
     return [frames[round(i * step)] for i in range(max_frames)]
-
-
-def load_image(image, where: str = "image") -> Image.Image:
-    """Open (if a path), EXIF-orient and convert an image to RGB, with errors that name `where`.
-
-    Transparent images are composited on white; 16-bit and float images are rescaled to 8 bits; CMYK, palette
-    and grayscale images are converted. Aspect ratios above 200 are refused (the backbone cannot resize them).
-    """
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        image = open_image_file(path, where)
-        where = f"{where} ({path})"
-    elif not isinstance(image, Image.Image):
-        raise TypeError(f"{where}: expected a PIL image or an image path, got {type(image).__name__}.")
-    image = ImageOps.exif_transpose(image) or image
-    image = to_rgb(image)
-    width, height = image.size
-    if min(width, height) < 1:
-        raise ValueError(f"{where}: empty image of size {width}x{height}.")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"{where}: aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO}:1, which Qwen-VL cannot resize; "
-            "crop or pad the image first."
-        )
-    return image
-
-
-def open_image_file(path: str | os.PathLike, where: str = "image", decode: bool = True):
-    """Open an image file, with errors that name `where` and the path.
-
-    With `decode=True`, return the fully decoded image (a truncated file is an error; PIL's global
-    `LOAD_TRUNCATED_IMAGES` is never touched). With `decode=False`, only check the file (`PIL.Image.verify`, no
-    pixel decoding) and return its `(width, height)`.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            if not decode:
-                size = image.size
-                image.verify()
-                return size
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"{where}: cannot read image file {path}: {error}") from error
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB: alpha over white, high bit depths rescaled to 0..255."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scale = 255.0 / (high - low) if math.isfinite(high - low) and high > low else 0.0
-        array = ((array - low) * scale).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(array, "L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 __all__ = ["RimeProcessor"]

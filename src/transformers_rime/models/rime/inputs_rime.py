@@ -1,0 +1,194 @@
+# Copyright 2026 The transformers_rime authors. Licensed under the Apache License, Version 2.0.
+"""What RIME accepts as an item to embed, and how images are opened and cleaned.
+
+Accepted items: a `str` (text, or an image path when it ends in an image extension), a `pathlib.Path` (image), a
+`PIL.Image.Image`, a list of frames (a video: PIL images or paths), or a dict with any of `text`, `image`, `images`,
+`video`. Parsing fails on the first bad item with an error that names it, before any model work.
+
+This file ships to the Hub next to the weights (``trust_remote_code``), so that the processor and the
+sentence-transformers module read inputs exactly as `RimeEncoder` does: it imports only PIL and numpy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DICT_KEYS = ("text", "image", "images", "video")
+# Qwen's smart_resize refuses aspect ratios above 200; we refuse them earlier, naming the item.
+MAX_ASPECT_RATIO = 200
+
+
+@dataclass
+class RimeInput:
+    """One item to embed: optional text, images (PIL or paths) and video frames (PIL or paths)."""
+
+    text: str | None = None
+    images: list = field(default_factory=list)
+    video: list | None = None
+    # (width, height) of every image and frame, read from headers; used to sort batches by length
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def estimated_length(self, pixels_per_token: int = 28 * 28, max_pixels: int = 2359296) -> int:
+        """A cheap token-count estimate, to batch items of similar length together."""
+        text_tokens = len(self.text or "") // 3
+        return text_tokens + sum(min(w * h, max_pixels) // pixels_per_token + 2 for w, h in self.sizes)
+
+
+def is_image_path(value: str | os.PathLike) -> bool:
+    """Whether a string names an image file (by extension, case-insensitive).
+
+    ```python
+    >>> is_image_path("photos/CAT.JPG"), is_image_path("a photo of a cat")
+    (True, False)
+
+    ```
+    """
+    return os.fspath(value).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _check_image(value, where: str) -> tuple[int, int]:
+    """Check an image or image path without decoding it fully; return its (width, height)."""
+    if isinstance(value, Image.Image):
+        return value.size
+    if isinstance(value, (str, os.PathLike)):
+        return open_image_file(value, where, decode=False)
+    raise TypeError(f"{where}: expected a PIL image or an image path, got {type(value).__name__}.")
+
+
+def parse_input(item, index: int) -> RimeInput:
+    """Normalise one user item (see the module docstring); raise a clear error naming `index`."""
+    where = f"input {index}"
+    if isinstance(item, str):
+        if is_image_path(item):
+            return RimeInput(images=[item], sizes=[_check_image(item, where)])
+        if not item.strip():
+            raise ValueError(f"{where}: empty text.")
+        return RimeInput(text=item)
+    if isinstance(item, (Path, Image.Image)):
+        return RimeInput(images=[item], sizes=[_check_image(item, where)])
+    if isinstance(item, (list, tuple)):
+        return _video_input(None, item, where)
+    if isinstance(item, dict):
+        unknown = set(item) - set(DICT_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; use {', '.join(DICT_KEYS)}.")
+        text = item.get("text")
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"{where}: 'text' must be a string, got {type(text).__name__}.")
+        images = []
+        if item.get("image") is not None:
+            images.append(item["image"])
+        if item.get("images") is not None:
+            if not isinstance(item["images"], (list, tuple)):
+                raise TypeError(f"{where}: 'images' must be a list of images or paths.")
+            images.extend(item["images"])
+        parsed = _video_input(text, item["video"], where) if item.get("video") is not None else RimeInput(text)
+        if text is not None and not text.strip() and not images and item.get("video") is None:
+            raise ValueError(f"{where}: empty text.")
+        parsed.images = images
+        parsed.sizes += [_check_image(image, f"{where} image {i}") for i, image in enumerate(images)]
+        if not parsed.text and not parsed.images and parsed.video is None:
+            raise ValueError(f"{where}: empty input dict (no text, image or video).")
+        return parsed
+    raise TypeError(
+        f"{where}: unsupported input type {type(item).__name__}; expected str, image path, PIL image, "
+        "list of frames (video) or dict with text/image/images/video."
+    )
+
+
+def _video_input(text: str | None, frames, where: str) -> RimeInput:
+    if not isinstance(frames, (list, tuple)) or len(frames) == 0:
+        raise ValueError(f"{where}: a video must be a non-empty list of frames (PIL images or paths).")
+    sizes = [_check_image(frame, f"{where} frame {i}") for i, frame in enumerate(frames)]
+    return RimeInput(text=text, video=list(frames), sizes=sizes)
+
+
+def parse_inputs(items) -> list[RimeInput]:
+    """Normalise a list of items, failing on the first bad one (before any model work)."""
+    return [parse_input(item, index) for index, item in enumerate(items)]
+
+
+def load_image(image, where: str = "image") -> Image.Image:
+    """Open (if a path), EXIF-orient and convert an image to RGB, with errors that name `where`.
+
+    Transparent images are composited on white; 16-bit and float images are rescaled to 8 bits; CMYK, palette
+    and grayscale images are converted. Aspect ratios above 200 are refused (the backbone cannot resize them).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        image = open_image_file(path, where)
+        where = f"{where} ({path})"
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"{where}: expected a PIL image or an image path, got {type(image).__name__}.")
+    image = ImageOps.exif_transpose(image) or image
+    image = to_rgb(image)
+    width, height = image.size
+    if min(width, height) < 1:
+        raise ValueError(f"{where}: empty image of size {width}x{height}.")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"{where}: aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO}:1, which Qwen-VL cannot resize; "
+            "crop or pad the image first."
+        )
+    return image
+
+
+def open_image_file(path: str | os.PathLike, where: str = "image", decode: bool = True):
+    """Open an image file, with errors that name `where` and the path.
+
+    With `decode=True`, return the fully decoded image (a truncated file is an error; PIL's global
+    `LOAD_TRUNCATED_IMAGES` is never touched). With `decode=False`, only check the file (`PIL.Image.verify`, no
+    pixel decoding) and return its `(width, height)`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            if not decode:
+                size = image.size
+                image.verify()
+                return size
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ValueError(f"{where}: cannot read image file {path}: {error}") from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB: alpha over white, high bit depths rescaled to 0..255."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if math.isfinite(high - low) and high > low else 0.0
+        array = ((array - low) * scale).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(array, "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "RimeInput",
+    "is_image_path",
+    "load_image",
+    "open_image_file",
+    "parse_input",
+    "parse_inputs",
+    "to_rgb",
+]
