@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,17 @@ def test_encode_example_runs_offline():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "gen->disc" in result.stdout and "corpus index: (4, 64)" in result.stdout
+
+
+def test_export_example_loads_the_export_with_every_loader(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "export.py"), "--output-dir", str(tmp_path / "export")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    differences = [float(line.rsplit("=", 1)[1]) for line in result.stdout.splitlines() if "max |difference|" in line]
+    assert len(differences) == 2 and max(differences) <= 1e-5
+    assert (tmp_path / "export" / "README.md").exists() and (tmp_path / "export" / "modules.json").exists()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from remote_code import run_without_package
 from transformers_rime import RimeEncoder
 from transformers_rime.export import SENTENCE_TRANSFORMERS_MODULE_CONFIG
 from transformers_rime.models.rime.sentence_transformer_rime import (
@@ -156,13 +155,6 @@ WITHOUT_PACKAGE = textwrap.dedent(
     import json, sys
     import torch
 
-    class BlockRime:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "transformers_rime":
-                raise ModuleNotFoundError("transformers_rime is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, BlockRime())
     torch.set_num_threads(1)
     from PIL import Image
     from sentence_transformers import SentenceTransformer
@@ -195,27 +187,8 @@ WITHOUT_PACKAGE = textwrap.dedent(
 )
 
 
-def _run_without_package(script: str, *args, tmp_path, extra_env=None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": "",
-        "OMP_NUM_THREADS": "1",
-        **(extra_env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-
-
 def test_every_loader_works_without_the_package(exported, encoder, image_path, items, tmp_path):
-    result = _run_without_package(WITHOUT_PACKAGE, exported, image_path, tmp_path / "resaved", tmp_path=tmp_path)
+    result = run_without_package(WITHOUT_PACKAGE, exported, image_path, tmp_path / "resaved", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["auto_class"].startswith("transformers_modules.")
@@ -259,7 +232,7 @@ UNSUPPORTED_VERSIONS = textwrap.dedent(
 
 
 def test_remote_code_names_an_unsupported_version(exported, tmp_path):
-    result = _run_without_package(UNSUPPORTED_VERSIONS, exported, tmp_path=tmp_path)
+    result = run_without_package(UNSUPPORTED_VERSIONS, exported, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     old, new, old_st = json.loads(result.stdout.strip().splitlines()[-1])
     assert old.startswith("RIME needs transformers>=5.17.0,<6.0.0, found 4.57.1")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -13,6 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
+from remote_code import run_without_package
 from transformers_rime import RimeConfig, RimeEncoder, RimeForEmbedding, RimeProcessor
 from transformers_rime.testing import random_image, tiny_rime_model, tiny_rime_processor, write_published_checkpoint
 
@@ -125,13 +124,6 @@ REMOTE_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
 
-    class BlockRime:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "transformers_rime":
-                raise ModuleNotFoundError("transformers_rime is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, BlockRime())
     from transformers import AutoModel, AutoProcessor
     from PIL import Image
     import numpy as np
@@ -151,21 +143,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_loads_without_the_package(saved_dir, processor, model, tmp_path):
-    env = {
-        **os.environ,
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": "",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(saved_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    result = run_without_package(REMOTE_SCRIPT, saved_dir, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     assert remote["cls"].startswith("transformers_modules.")

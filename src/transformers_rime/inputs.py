@@ -4,25 +4,5 @@ The implementation lives in `transformers_rime.models.rime.inputs_rime`, which s
 that exported directories parse inputs exactly as this package does; this module is its public home.
 """
 
-from .models.rime.inputs_rime import (
-    IMAGE_EXTENSIONS,
-    RimeInput,
-    is_image_path,
-    load_image,
-    open_image_file,
-    parse_input,
-    parse_inputs,
-    to_rgb,
-)
-
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "RimeInput",
-    "is_image_path",
-    "load_image",
-    "open_image_file",
-    "parse_input",
-    "parse_inputs",
-    "to_rgb",
-]
+from .models.rime.inputs_rime import *  # noqa: F403
+from .models.rime.inputs_rime import __all__  # noqa: F401

@@ -68,6 +68,9 @@ class RimeSentenceTransformerModule(InputModule):
         max_new_tokens (`int`, *optional*): default rewrite budget in gen mode (`None`: the model config's).
         max_seq_length (`int`, *optional*): refuse prompts longer than this (RIME never truncates).
 
+    Export with `RimeEncoder.save_pretrained`, which writes `modules.json` naming this file. (A `SentenceTransformer`
+    built in-process from the installed class saves a `modules.json` that names the installed package instead.)
+
     Example (with `transformers_rime` installed; the exported directory needs only this file):
 
     ```python
