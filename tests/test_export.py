@@ -123,6 +123,14 @@ def test_sentence_transformers_refuses_what_rime_cannot_embed(st_model):
         st_model.encode(["a red car"], mode="fast")
     with pytest.raises(ValueError, match="input 0: empty text"):
         st_model.encode([" "])
+    with pytest.raises(ValueError, match="no `processing_kwargs`"):
+        st_model.encode(["a red car"], processing_kwargs={"text": {"truncation": True}})
+    st_model.max_seq_length = 8
+    try:
+        with pytest.raises(ValueError, match="longer than max_length=8"):  # refused, never truncated
+            st_model.encode(["a red car"])
+    finally:
+        st_model.max_seq_length = None
 
 
 def test_loading_custom_code_needs_trust_remote_code(exported):

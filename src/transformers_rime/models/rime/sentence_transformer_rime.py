@@ -136,6 +136,12 @@ class RimeSentenceTransformerModule(InputModule):
                 "RIME does not take chat-message inputs: pass texts, image paths, PIL images or dicts with "
                 "'text'/'image'/'images'/'video'. The model builds its own prompt around <disc_emb>."
             )
+        if kwargs.get("processing_kwargs"):
+            raise ValueError(
+                "RIME builds its batches itself and takes no `processing_kwargs`; the pixel budget is the processor's "
+                "(saved in processor_config.json) and prompts are never truncated (set `max_seq_length` to refuse long "
+                "ones)."
+            )
         role = self._check("task", task or "query", ROLES)
         mode = self._check("mode", mode or self.mode, MODES)
         return dict(self.processor.process_inputs(list(inputs), mode, role, prompt, self.max_seq_length))
