@@ -1,8 +1,8 @@
 # Copyright 2026 The transformers_rime authors. Licensed under the Apache License, Version 2.0.
 """RIME model configuration.
 
-This file ships to the Hub next to the weights (``trust_remote_code``): it imports only ``transformers`` and
-stays self-contained.
+This file ships to the Hub next to the weights (``trust_remote_code``): it imports only ``transformers`` (and
+``packaging``, a transformers dependency) and stays self-contained. It checks the transformers version first.
 """
 
 from __future__ import annotations
