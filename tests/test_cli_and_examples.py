@@ -98,3 +98,18 @@ def test_export_example_loads_the_export_with_every_loader(tmp_path):
     differences = [float(line.rsplit("=", 1)[1]) for line in result.stdout.splitlines() if "max |difference|" in line]
     assert len(differences) == 2 and max(differences) <= 1e-5
     assert (tmp_path / "export" / "README.md").exists() and (tmp_path / "export" / "modules.json").exists()
+
+
+def test_rime_export_converts_a_published_checkpoint_with_a_card(tmp_path, capsys):
+    published = write_published_checkpoint(tmp_path / "published")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"metric": "Hit@1", "scores": {"overall": {"gen->disc": 0.5}}}))
+    output = tmp_path / "export"
+    args = ["export", "--model", str(published), "--output-dir", str(output), "--results", str(results)]
+    assert main([*args, "--base-model", "leafyseay/RIME-2B"]) == 0
+    assert "SentenceTransformer" in capsys.readouterr().out
+    card = (output / "README.md").read_text()
+    assert "base_model: leafyseay/RIME-2B" in card and "| overall | 0.5 |" in card
+    assert json.loads((output / "config.json").read_text())["model_type"] == "rime"
+    assert {"modules.json", "config_sentence_transformers.json", "model.safetensors"} <= set(os.listdir(output))
+    assert main([*args[:-1], str(tmp_path / "missing.json")]) == 2

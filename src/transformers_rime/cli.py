@@ -1,9 +1,10 @@
-"""The `rime` command: `rime demo`, `rime encode`, `rime search`.
+"""The `rime` command: `rime demo`, `rime encode`, `rime search`, `rime export`.
 
 ```
 rime demo                                  # offline: tiny random model, both modes, all four search pairs
 rime encode --model DIR --mode gen --role query --output q.npy "a red car" photo.jpg
 rime search --model DIR --queries queries.txt --corpus corpus.txt --query-mode gen --corpus-mode disc
+rime export --model leafyseay/RIME-2B --output-dir rime-2b [--results results.json] [--push-to-hub user/rime-2b]
 ```
 
 Inputs given on the command line or in files (one per line) are texts, or image paths when they end in an image
@@ -44,11 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--corpus-mode", choices=("disc", "gen"), default="disc")
     search.add_argument("--top-k", type=int, default=10)
 
+    export = commands.add_parser(
+        "export", help="write a directory for every loader (transformers, sentence-transformers) with a model card"
+    )
+    export.add_argument("--model", required=True, help="RIME directory, Hub id, or published RIME/UME-R1 checkpoint")
+    export.add_argument("--output-dir", type=Path, required=True)
+    export.add_argument("--results", type=Path, help="evaluation results JSON for the model card")
+    export.add_argument("--base-model", help="the card's base_model (default: --model when it is a Hub id)")
+    export.add_argument("--license", default="apache-2.0", help="the card's license (check your backbone's)")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the export to this Hub repository")
+    export.add_argument("--private", action="store_true", help="create the Hub repository as private")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.output_dir, args.max_new_tokens)
     if args.command == "encode":
         return run_encode(args)
+    if args.command == "export":
+        return run_export(args)
     return run_search(args)
 
 
@@ -107,6 +121,26 @@ def run_search(args) -> int:
                 }
             )
         )
+    return 0
+
+
+def run_export(args) -> int:
+    from .encoder import RimeEncoder
+
+    if args.results is not None and not args.results.is_file():
+        print(f"rime export: results file not found: {args.results}", file=sys.stderr)
+        return 2
+    encoder = RimeEncoder.from_pretrained(args.model, device="cpu")
+    card = {"license": args.license, "base_model": args.base_model}
+    if args.push_to_hub:
+        card["model_id"] = args.push_to_hub
+    encoder.save_pretrained(args.output_dir, results=args.results, model_card_kwargs=card)
+    print(f"wrote {args.output_dir}: loads with RimeEncoder, AutoModel/AutoProcessor and SentenceTransformer")
+    if args.push_to_hub:
+        encoder.push_to_hub(
+            args.push_to_hub, private=args.private or None, results=args.results, model_card_kwargs=card
+        )
+        print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
     return 0
 
 
