@@ -297,10 +297,8 @@ class RimeEncoder:
             yield indices, [items[i] for i in indices]
 
     def _features(self, items: list[RimeInput], mode, role, instruction, max_length):
-        features = self.processor.process_inputs(items, mode, role, instruction, max_length).to(self.device)
-        if "pixel_values" in features:
-            features["pixel_values"] = features["pixel_values"].to(self.model.dtype)
-        return features
+        # no dtype cast for pixel_values: the backbone casts them to its own dtype
+        return self.processor.process_inputs(items, mode, role, instruction, max_length).to(self.device)
 
     def encode_queries(self, inputs, mode: str = "disc", **kwargs):
         """`encode(inputs, role="query", ...)`."""

@@ -17,14 +17,13 @@ import transformers
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from .models import rime as rime_models
+from .models.rime.configuration_rime import SUPPORTED_SENTENCE_TRANSFORMERS
 
 
 SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformer_rime.py"
 SENTENCE_TRANSFORMERS_MODULE_CLASS = "RimeSentenceTransformerModule"
 # must match RimeSentenceTransformerModule.config_file_name (a test checks)
 SENTENCE_TRANSFORMERS_MODULE_CONFIG = "rime_sentence_transformers_config.json"
-# written as the creating version when sentence-transformers is not installed: the oldest release we support
-MIN_SENTENCE_TRANSFORMERS = "6.0.1"
 
 
 def sentence_transformers_prompts(config) -> dict[str, str]:
@@ -32,31 +31,20 @@ def sentence_transformers_prompts(config) -> dict[str, str]:
     return {"query": config.query_instruction or "", "document": config.document_instruction or ""}
 
 
-def write_sentence_transformers_files(
-    save_directory: str | os.PathLike,
-    config,
-    mode: str = "disc",
-    max_new_tokens: int | None = None,
-    max_seq_length: int | None = None,
-) -> list[str]:
+def write_sentence_transformers_files(save_directory: str | os.PathLike, config) -> None:
     """Write `modules.json`, `config_sentence_transformers.json`, the module config and the module's code.
+
+    The module's defaults are written: disc mode (`encode(..., mode="gen")` switches per call), the config's rewrite
+    budget and no prompt-length limit.
 
     Args:
         save_directory: the exported directory (model and processor already saved there).
         config ([`RimeConfig`]): the model's config (prompts come from its instructions).
-        mode: the module's default embedding mode (`"disc"`; `encode(..., mode="gen")` overrides per call).
-        max_new_tokens: default rewrite budget for gen mode (`None`: the config's).
-        max_seq_length: refuse longer prompts (`None`: no limit).
-
-    Returns:
-        The names of the files written.
     """
     save_directory = os.fspath(save_directory)
     source = os.path.join(os.path.dirname(rime_models.__file__), SENTENCE_TRANSFORMERS_MODULE_FILE)
-    written = []
     for path in (source, *get_relative_import_files(source)):
         shutil.copy(path, os.path.join(save_directory, os.path.basename(path)))
-        written.append(os.path.basename(path))
 
     module_type = f"{SENTENCE_TRANSFORMERS_MODULE_FILE[: -len('.py')]}.{SENTENCE_TRANSFORMERS_MODULE_CLASS}"
     files = {
@@ -64,7 +52,9 @@ def write_sentence_transformers_files(
         "config_sentence_transformers.json": {
             "model_type": "SentenceTransformer",
             "__version__": {
-                "sentence_transformers": installed_version("sentence-transformers") or MIN_SENTENCE_TRANSFORMERS,
+                # when sentence-transformers is absent, the oldest release we support
+                "sentence_transformers": installed_version("sentence-transformers")
+                or str(SUPPORTED_SENTENCE_TRANSFORMERS[0]),
                 "transformers": transformers.__version__,
                 "pytorch": torch.__version__,
             },
@@ -72,18 +62,12 @@ def write_sentence_transformers_files(
             "default_prompt_name": None,
             "similarity_fn_name": "cosine",
         },
-        SENTENCE_TRANSFORMERS_MODULE_CONFIG: {
-            "mode": mode,
-            "max_new_tokens": max_new_tokens,
-            "max_seq_length": max_seq_length,
-        },
+        SENTENCE_TRANSFORMERS_MODULE_CONFIG: {"mode": "disc", "max_new_tokens": None, "max_seq_length": None},
     }
     for name, content in files.items():
         with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=2)
             f.write("\n")
-        written.append(name)
-    return written
 
 
 def installed_version(distribution: str) -> str | None:

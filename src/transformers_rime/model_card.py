@@ -30,12 +30,11 @@ import transformers
 from huggingface_hub import ModelCard, ModelCardData
 
 from .export import installed_version
-from .models.rime.configuration_rime import SUPPORTED_TRANSFORMERS
+from .models.rime.configuration_rime import SUPPORTED_SENTENCE_TRANSFORMERS, SUPPORTED_TRANSFORMERS
 
 
 MODE_PAIRS = ("disc->disc", "disc->gen", "gen->disc", "gen->gen")
 BACKBONE_NAMES = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
-SENTENCE_TRANSFORMERS_RANGE = ">=6.0.1,<7"
 DEFAULT_TAGS = ("rime", "multimodal-embedding", "sentence-transformers", "feature-extraction", "custom_code")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -132,7 +131,6 @@ def create_model_card(
         model_name=model_name,
     )
     size = processor.image_processor.size
-    low, high = SUPPORTED_TRANSFORMERS
     return ModelCard.from_template(
         card_data,
         template_path=template_path(),
@@ -160,14 +158,19 @@ def create_model_card(
         results_description=_describe(results) if results else None,
         transformers_version=transformers.__version__,
         transformers_rime_version=installed_version("transformers_rime"),
-        transformers_range=f">={low},<{high}",
-        sentence_transformers_range=SENTENCE_TRANSFORMERS_RANGE,
+        transformers_range=_version_range(SUPPORTED_TRANSFORMERS),
+        sentence_transformers_range=_version_range(SUPPORTED_SENTENCE_TRANSFORMERS),
     )
 
 
 def _describe(results: dict) -> str | None:
     parts = [str(results[key]) for key in ("benchmark", "metric") if results.get(key)]
     return ", ".join(parts) + ":" if parts else None
+
+
+def _version_range(supported) -> str:
+    low, high = supported
+    return f">={low},<{high}"
 
 
 def _format_count(n: int) -> str:

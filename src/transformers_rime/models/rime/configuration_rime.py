@@ -16,6 +16,8 @@ from packaging.version import Version
 # The transformers releases this file is tested with. Checked before anything else runs, so that an unsupported
 # version fails here with a clear message instead of deep inside a model class.
 SUPPORTED_TRANSFORMERS = (Version("5.17.0"), Version("6.0.0"))  # [min, max)
+# The sentence-transformers releases the exported sentence-transformers module is tested with (checked there).
+SUPPORTED_SENTENCE_TRANSFORMERS = (Version("6.0.1"), Version("7.0.0"))  # [min, max)
 SKIP_VERSION_CHECK_ENV = "RIME_SKIP_VERSION_CHECK"
 
 

@@ -25,10 +25,10 @@ from packaging.version import Version
 from sentence_transformers.base.modules.input_module import InputModule
 from transformers import AutoModel, AutoProcessor
 
+from .configuration_rime import SUPPORTED_SENTENCE_TRANSFORMERS
+from .processing_rime import MODES, ROLES, check_choice
 
-SUPPORTED_SENTENCE_TRANSFORMERS = (Version("6.0.1"), Version("7.0.0"))  # [min, max)
-MODES = ("disc", "gen")
-ROLES = ("query", "document")
+
 # what the model's forward / generate_embeddings take from a processed batch
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
@@ -104,15 +104,10 @@ class RimeSentenceTransformerModule(InputModule):
         self.model = model
         self.processor = processor
         processor.adopt_config(model.config)
-        self.mode = self._check("mode", mode, MODES)
+        check_choice("mode", mode, MODES)
+        self.mode = mode
         self.max_new_tokens = max_new_tokens
         self.max_seq_length = max_seq_length
-
-    @staticmethod
-    def _check(name: str, value, choices):
-        if value not in choices:
-            raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}.")
-        return value
 
     @property
     def modalities(self) -> list:
@@ -142,16 +137,17 @@ class RimeSentenceTransformerModule(InputModule):
                 "(saved in processor_config.json) and prompts are never truncated (set `max_seq_length` to refuse long "
                 "ones)."
             )
-        role = self._check("task", task or "query", ROLES)
-        mode = self._check("mode", mode or self.mode, MODES)
+        role, mode = task or "query", mode or self.mode
+        check_choice("task", role, ROLES)
+        check_choice("mode", mode, MODES)
         return dict(self.processor.process_inputs(list(inputs), mode, role, prompt, self.max_seq_length))
 
     def forward(self, features: dict, task: str | None = None, mode: str | None = None, max_new_tokens=None, **kwargs):
         """Embed a batch from `preprocess` (run with the same `mode`); adds `sentence_embedding`, `(batch, dim)`."""
-        mode = self._check("mode", mode or self.mode, MODES)
+        mode = mode or self.mode
+        check_choice("mode", mode, MODES)
+        # the backbone casts pixel_values to its own dtype, so a bf16 model takes the processor's float32 directly
         inputs = {name: features[name] for name in MODEL_INPUT_NAMES if name in features}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         if mode == "disc":
             output = self.model(**inputs)
             features["token_embeddings"] = output.last_hidden_state
