@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from memory import current_memory, peak_memory, sync
+
 
 VARIANTS = ("raw_forward", "rime_disc", "plain_generate", "rime_gen", "generate_hidden_states")
 
@@ -104,11 +106,11 @@ def measure_memory(args) -> dict:
 
     torch.set_num_threads(args.threads)
     calls, _ = make_calls(args)
-    before = _memory(args.device, reset=True)
+    before = current_memory(args.device, reset=True)
     with torch.inference_mode():
         calls[args.variant]()
-    _sync(args.device)
-    return {"variant": args.variant, "peak_mib": (_peak_memory(args.device) - before) / 2**20}
+    sync(args.device)
+    return {"variant": args.variant, "peak_mib": (peak_memory(args.device) - before) / 2**20}
 
 
 def measure_times(args) -> tuple[dict[str, float], int]:
@@ -123,45 +125,12 @@ def measure_times(args) -> tuple[dict[str, float], int]:
             call()
         for _ in range(args.repeats):
             for name, call in calls.items():
-                _sync(args.device)
+                sync(args.device)
                 start = time.perf_counter()
                 call()
-                _sync(args.device)
+                sync(args.device)
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}, prompt_tokens
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def _memory(device: str, reset: bool = False) -> int:
-    if device.startswith("cuda"):
-        import torch
-
-        if reset:
-            torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    return _proc_status("VmRSS")
-
-
-def _peak_memory(device: str) -> int:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.max_memory_allocated()
-    return _proc_status("VmHWM")
-
-
-def _proc_status(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def main() -> None:

@@ -113,3 +113,70 @@ def test_rime_export_converts_a_published_checkpoint_with_a_card(tmp_path, capsy
     assert json.loads((output / "config.json").read_text())["model_type"] == "rime"
     assert {"modules.json", "config_sentence_transformers.json", "model.safetensors"} <= set(os.listdir(output))
     assert main([*args[:-1], str(tmp_path / "missing.json")]) == 2
+
+
+def _run_example(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(ROOT / "examples" / script), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_contrastive_example_runs_offline_and_saves_a_loadable_model(tmp_path):
+    out = tmp_path / "tiny"
+    result = _run_example(
+        "train_contrastive.py",
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--disable_tqdm",
+        "true",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "in-batch accuracy before: disc->disc" in result.stdout and "in-batch accuracy after:" in result.stdout
+    from transformers_rime import RimeEncoder
+
+    encoder = RimeEncoder.from_pretrained(str(out))
+    assert encoder.encode(["red car"], mode="disc").shape == (1, 64)
+
+
+def test_train_contrastive_example_reads_jsonl_with_lora_and_cached_batches(tmp_path):
+    image = tmp_path / "img.png"
+    random_image(seed=2).save(image)
+    rows = [
+        {
+            "query": f"query {i}",
+            "positive": {"text": f"doc {i}", "image": "img.png"},
+            "query_rewrite": f"q {i}",
+            "positive_rewrite": f"d {i}",
+            "negative": f"decoy {i}",
+        }
+        for i in range(4)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows))
+    out = tmp_path / "lora"
+    result = _run_example(
+        "train_contrastive.py",
+        "--output_dir",
+        str(out),
+        "--data_path",
+        str(data),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--cached_batch_size",
+        "2",
+        "--use_lora",
+        "--lora_r",
+        "4",
+        "--disable_tqdm",
+        "true",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()

@@ -128,10 +128,11 @@ def test_forward_accepts_return_dict_use_cache_and_unknown_kwargs(processor, mod
 def test_labels_give_the_backbone_lm_loss_and_gradients(processor, model):
     batch = processor(text=TEXTS[:2], images=_images(2), mode="gen", return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    out = model(**batch, labels=labels)
+    out = model(**batch, labels=labels, output_logits=True)
     reference = model.vlm(**batch, labels=labels)
     torch.testing.assert_close(out.loss, reference.loss)
     torch.testing.assert_close(out.logits, reference.logits)
+    assert model(**batch, labels=labels).logits is None  # the loss alone never builds (B, L, V) logits
     (out.loss + out.embeddings.sum()).backward()
     assert model.get_input_embeddings().weight.grad is not None
     assert model.vlm.model.visual.patch_embed.proj.weight.grad is not None

@@ -28,10 +28,14 @@ _LAZY = {
     "RimeEncoder": ".encoder",
     "RimeGeneration": ".encoder",
     "SearchHit": ".encoder",
+    "RimeContrastiveConfig": ".training",
+    "RimeContrastiveTrainer": ".training",
+    "RimeContrastiveCollator": ".training",
 }
 
 if TYPE_CHECKING:
     from .encoder import RimeEncoder, RimeGeneration, SearchHit
+    from .training import RimeContrastiveCollator, RimeContrastiveConfig, RimeContrastiveTrainer
 
 
 def __getattr__(name: str):
@@ -46,6 +50,9 @@ def __dir__():
 
 __all__ = [
     "RimeConfig",
+    "RimeContrastiveCollator",
+    "RimeContrastiveConfig",
+    "RimeContrastiveTrainer",
     "RimeEmbeddingOutput",
     "RimeEncoder",
     "RimeForEmbedding",

@@ -210,15 +210,18 @@ def tiny_rime_model(
     return RimeForEmbedding(config).eval()
 
 
-def write_published_checkpoint(path: str | Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
+def write_published_checkpoint(
+    path: str | Path, family: str = "qwen2_vl", seed: int = 0, with_rime_tokens: bool = True
+) -> Path:
     """Write a directory in the layout of the published RIME-2B / UME-R1 checkpoints.
 
     A plain backbone checkpoint (`config.json` of the backbone's `model_type`, `model.safetensors` in the
     upstream key layout without `lm_head.weight` since embeddings are tied), a tokenizer that has `<gen_emb>` and
-    `<disc_emb>` as ordinary added tokens, a chat template and a stock `preprocessor_config.json`.
+    `<disc_emb>` as ordinary added tokens, a chat template and a stock `preprocessor_config.json`. With
+    `with_rime_tokens=False` the tokenizer lacks them: a stock Qwen-VL-Instruct backbone, what training starts from.
     """
     path = Path(path)
-    tokenizer = tiny_tokenizer(with_rime_tokens=True)
+    tokenizer = tiny_tokenizer(with_rime_tokens=with_rime_tokens)
     torch.manual_seed(seed)
     vlm = AutoModelForImageTextToText.from_config(tiny_vlm_config(family, tokenizer))
     vlm.save_pretrained(path)
@@ -233,3 +236,77 @@ def random_image(width: int = 64, height: int = 48, seed: int = 0, mode: str = "
     rng = np.random.default_rng(seed)
     array = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     return Image.fromarray(array, "RGB").convert(mode)
+
+
+# Documents name each color and object with a different word than the query, so a random model cannot match
+# them by surface overlap: retrieval has to be learned.
+_COLOR_WORDS = {
+    "red": "crimson",
+    "black": "ebony",
+    "blue": "azure",
+    "green": "emerald",
+    "white": "ivory",
+    "brown": "chestnut",
+    "yellow": "golden",
+    "gray": "ashen",
+}
+_OBJECT_WORDS = {
+    "car": "automobile",
+    "cat": "kitten",
+    "chart": "graph",
+    "chair": "seat",
+    "street": "road",
+    "kitchen": "galley",
+    "fox": "vixen",
+    "dog": "puppy",
+}
+_SOLID_RGB = {
+    "red": (220, 30, 30),
+    "black": (10, 10, 10),
+    "blue": (30, 60, 220),
+    "green": (30, 180, 60),
+    "white": (245, 245, 245),
+    "brown": (120, 70, 30),
+    "yellow": (240, 220, 40),
+    "gray": (128, 128, 128),
+}
+
+
+def synthetic_pairs(num_pairs: int = 32, with_images: bool = False, seed: int = 0) -> list[dict]:
+    """Query/positive rows with rewrites, in the format the contrastive trainer reads, for offline demos and tests.
+
+    Each row pairs a `"<color> <object>"` query with a document that names the same pair with other words
+    (`"red car"` -> `"an automobile, crimson"`), or, with `with_images=True`, shows the color as a solid image next
+    to the object's other name. Rewrites restate each side concisely, as a rewrite annotation would. A random model
+    cannot match the two sides, so in-batch retrieval must be learned. Rows alternate between two sources
+    (`"text"` / `"scenes"`), so dataset-homogeneous batching has something to group.
+
+    ```python
+    >>> rows = synthetic_pairs(4)
+    >>> sorted(rows[0])
+    ['positive', 'positive_rewrite', 'query', 'query_rewrite', 'source']
+
+    ```
+    """
+    rng = np.random.default_rng(seed)
+    combos = [(color, obj) for color in _COLOR_WORDS for obj in _OBJECT_WORDS]
+    if num_pairs > len(combos):
+        raise ValueError(f"synthetic_pairs makes at most {len(combos)} distinct pairs, asked for {num_pairs}.")
+    rows = []
+    for index in rng.permutation(len(combos))[:num_pairs]:
+        color, obj = combos[index]
+        other_color, other_obj = _COLOR_WORDS[color], _OBJECT_WORDS[obj]
+        if with_images:
+            positive = {"text": f"an {other_obj}", "image": Image.new("RGB", (56, 56), _SOLID_RGB[color])}
+        else:
+            positive = f"an {other_obj}, {other_color}"
+        rows.append(
+            {
+                "query": f"{color} {obj}",
+                "positive": positive,
+                "query_rewrite": f"{color} {obj}",
+                "positive_rewrite": f"{other_color} {other_obj}",
+                "source": "text" if len(rows) % 2 == 0 else "scenes",
+            }
+        )
+    return rows

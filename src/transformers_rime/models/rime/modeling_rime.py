@@ -72,6 +72,33 @@ def normalize_embeddings(embeddings: torch.Tensor, normalize: bool = True) -> to
     return F.normalize(embeddings.float(), p=2, dim=-1).to(embeddings.dtype) if normalize else embeddings
 
 
+def labelled_token_loss(
+    hidden_states: torch.Tensor, labels: torch.LongTensor, lm_head: torch.nn.Module
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """Next-token cross-entropy on the labelled tokens only: `(B, L, D)`, `(B, L)` -> `(mean loss, token count)`.
+
+    Position `t` predicts `labels[:, t + 1]`; positions whose target is -100 are skipped before the LM head runs,
+    so a training step costs `rewrite tokens x vocab` logits instead of `sequence x vocab`. Equal to the usual
+    causal-LM loss (mean over labelled tokens, in float32). No labelled token gives a zero loss that still has a
+    gradient path.
+
+    ```python
+    >>> head = torch.nn.Linear(4, 10, bias=False)
+    >>> loss, count = labelled_token_loss(torch.randn(1, 3, 4), torch.tensor([[-100, 7, 2]]), head)
+    >>> int(count)
+    2
+
+    ```
+    """
+    targets = labels[:, 1:]
+    keep = targets != -100  # (B, L-1)
+    logits = lm_head(hidden_states[:, :-1][keep]).float()  # (T, V)
+    count = keep.sum()
+    if logits.shape[0] == 0:
+        return logits.sum(), count
+    return F.cross_entropy(logits, targets[keep]), count
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -86,16 +113,20 @@ class RimeEmbeddingOutput(ModelOutput):
         embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             Discriminative embeddings: last-layer hidden state at each row's last `<disc_emb>`, L2-normalised if
             `config.normalize`.
+        gen_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`, *optional*):
+            With `return_gen_embeddings=True`: generative embeddings read from teacher-forced sequences, at each
+            row's last `<gen_emb>` (training), normalised like `embeddings`.
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
             The backbone's last-layer hidden states (after its final norm).
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
-            LM logits, when `labels` are given or `output_logits=True`.
+            LM logits over every position, when `output_logits=True`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             Every layer's hidden states, when `output_hidden_states=True`.
     """
 
     loss: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
+    gen_embeddings: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -331,6 +362,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        return_gen_embeddings: bool = False,
         output_logits: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -348,7 +380,11 @@ class RimeForEmbedding(RimePreTrainedModel):
             image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
                 Patch grid of each image.
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-                Next-token targets (-100 is ignored); adds `loss` and `logits` to the output.
+                Next-token targets (-100 is ignored); adds the mean causal-LM `loss` to the output. The LM head only
+                runs on labelled positions (see [`labelled_token_loss`]).
+            return_gen_embeddings (`bool`, *optional*, defaults to `False`):
+                Also read `gen_embeddings` at each row's last `<gen_emb>`: with a teacher-forced gen-mode sequence
+                (prompt, rewrite, `<gen_emb>`), one pass gives the disc embedding, the gen embedding and the LM loss.
             output_logits (`bool`, *optional*):
                 Also return the LM logits over every position.
             output_hidden_states (`bool`, *optional*):
@@ -385,16 +421,20 @@ class RimeForEmbedding(RimePreTrainedModel):
             mask = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
             positions = last_nonpad_positions(mask)
         embeddings = normalize_embeddings(gather_positions(hidden, positions), self.config.normalize)  # (B, D)
+        gen_embeddings = None
+        if return_gen_embeddings:
+            if self.config.pooling != "token" or input_ids is None:
+                raise ValueError("return_gen_embeddings reads `<gen_emb>`: it needs input_ids and pooling='token'.")
+            gen_positions = last_token_positions(input_ids, self._embedding_token_id("gen_emb"), "<gen_emb>")
+            gen_embeddings = normalize_embeddings(gather_positions(hidden, gen_positions), self.config.normalize)
 
-        logits = loss = None
-        if labels is not None or output_logits:
-            logits = self.vlm.get_output_embeddings()(hidden)  # (B, L, V)
-            if labels is not None:
-                vocab_size = self.config.get_text_config().vocab_size
-                loss = self.vlm.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
+        head = self.vlm.get_output_embeddings()
+        loss = labelled_token_loss(hidden, labels, head)[0] if labels is not None else None
+        logits = head(hidden) if output_logits else None  # (B, L, V)
         output = RimeEmbeddingOutput(
             loss=loss,
             embeddings=embeddings,
+            gen_embeddings=gen_embeddings,
             last_hidden_state=hidden,
             logits=logits,
             hidden_states=outputs.hidden_states if output_hidden_states else None,

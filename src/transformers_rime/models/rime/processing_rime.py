@@ -313,13 +313,9 @@ class RimeProcessor(Qwen2VLProcessor):
 
         prompts, flat_images = [], []
         for index, (item_text, item_images) in enumerate(zip(texts, per_item_images)):
-            if item_text is not None and not isinstance(item_text, str):
-                raise TypeError(f"Item {index}: text must be a string or None, got {type(item_text).__name__}.")
-            loaded = [load_image(image, where=f"item {index}") for image in item_images]
-            if not item_text and not loaded:
-                raise ValueError(f"Item {index}: empty input (no text, image or video).")
+            prompt, loaded = self.prepare_item(RimeInput(item_text, item_images), mode, instruction, f"item {index}")
+            prompts.append(prompt)
             flat_images.extend(loaded)
-            prompts.append(self.render_prompt(item_text, len(loaded), mode, instruction))
 
         batch = super().__call__(images=flat_images or None, text=prompts, padding_side="left", **kwargs)
         if max_length is not None:
@@ -333,6 +329,22 @@ class RimeProcessor(Qwen2VLProcessor):
                     "image pixel budget or raise max_length."
                 )
         return batch
+
+    def prepare_item(
+        self, item: RimeInput, mode: str, instruction: str | None, where: str = "item"
+    ) -> tuple[str, list]:
+        """The templated prompt of one parsed item and its images, opened and converted to RGB.
+
+        A video's frames come first (at most `max_video_frames`, sampled uniformly), then the images. `where` names
+        the item in errors. Used for every batch the processor builds, and by the training collator.
+        """
+        if item.text is not None and not isinstance(item.text, str):
+            raise TypeError(f"{where}: text must be a string or None, got {type(item.text).__name__}.")
+        media = sample_frames(list(item.video), self.max_video_frames) if item.video is not None else []
+        loaded = [load_image(image, where=where) for image in [*media, *item.images]]
+        if not item.text and not loaded:
+            raise ValueError(f"{where}: empty input (no text, image or video).")
+        return self.render_prompt(item.text, len(loaded), mode, instruction), loaded
 
     def _align_inputs(self, text, images, videos) -> tuple[list, list[list]]:
         """Pair each text with its images and video frames (frames first, then images)."""
