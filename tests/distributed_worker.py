@@ -23,7 +23,7 @@ from transformers_rime.training import RimeContrastiveConfig, RimeContrastiveTra
 
 torch.set_num_threads(1)
 logging.set_verbosity_error()
-OUT = Path(sys.argv[1])
+OUT = Path(sys.argv[1]) if __name__ == "__main__" else None  # the module is also imported by the test
 
 
 def loss_inputs(world_size: int = 2):

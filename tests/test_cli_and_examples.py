@@ -180,3 +180,21 @@ def test_train_contrastive_example_reads_jsonl_with_lora_and_cached_batches(tmp_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+
+
+def test_accelerate_configs_load_with_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {
+        "multi_gpu": "MULTI_GPU",
+        "deepspeed_zero2": "DEEPSPEED",
+        "deepspeed_zero3": "DEEPSPEED",
+        "fsdp": "FSDP",
+    }
+    for name, distributed_type in expected.items():
+        config = load_config_from_file(str(ROOT / "examples" / "accelerate" / f"{name}.yaml"))
+        assert (str(config.distributed_type), config.num_processes, str(config.mixed_precision)) == (
+            f"DistributedType.{distributed_type}",
+            8,
+            "bf16",
+        ), name
