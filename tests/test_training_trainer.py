@@ -221,8 +221,6 @@ def test_errors_are_clear(tmp_path):
     trainer.is_deepspeed_enabled = True  # what accelerate sets under a DeepSpeed launch
     with pytest.raises(ValueError, match="cannot run under DeepSpeed or FSDP"):
         trainer._check_cached_training_supported()
-    other = tiny_rime_processor()
-    other.tokenizer.add_tokens(["<extra>"], special_tokens=False)
     wrong = tiny_rime_model(processor=tiny_rime_processor(tokenizer=_shifted_tokenizer()))
     with pytest.raises(ValueError, match="disagree"):
         RimeContrastiveTrainer(wrong, make_args(tmp_path), processing_class=processor)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import BatchFeature
 
+from ..data.readers import clean_rewrite
 from ..models.rime.inputs_rime import RimeInput, parse_input
 from ..models.rime.processing_rime import RimeProcessor
 
@@ -29,7 +30,7 @@ def rewrite_target(rewrite: str, rewrite_start: str, rewrite_end: str, gen_emb_t
     """The assistant text a gen-mode sequence is teacher-forced on: the rewrite, then `<gen_emb>`.
 
     Plain text is wrapped in the rewrite tags; an annotation that already starts with a tag (`<rewrite>...`, or
-    UME-R1's `<think>...`) is kept verbatim. A trailing `<gen_emb>` is not doubled.
+    UME-R1's `<think>...`) is kept verbatim. A trailing `<gen_emb>` (or `<|im_end|>`) is dropped, not doubled.
 
     ```python
     >>> rewrite_target("a red car", "<rewrite>", "</rewrite>", "<gen_emb>")
@@ -39,10 +40,8 @@ def rewrite_target(rewrite: str, rewrite_start: str, rewrite_end: str, gen_emb_t
 
     ```
     """
-    text = rewrite.strip()
-    if text.endswith(gen_emb_token):
-        text = text[: -len(gen_emb_token)].rstrip()
-    if not text:
+    text = clean_rewrite(rewrite.strip(), gen_emb_token)
+    if text is None:
         raise ValueError("empty rewrite")
     if not text.startswith("<"):
         text = f"{rewrite_start}{text}{rewrite_end}"

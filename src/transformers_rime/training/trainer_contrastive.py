@@ -194,8 +194,11 @@ class RimeContrastiveTrainer(Trainer):
         tokens = int((labels[:, 1:] != -100).sum()) if use_lm else 0
         return ChunkEmbeddings(out.embeddings, out.gen_embeddings, out.loss * tokens if use_lm else None, tokens)
 
-    def _objective(self, chunks: list[tuple[str, ChunkEmbeddings]]):
-        """The weighted loss over the step's chunk embeddings (see `rime_contrastive_loss`)."""
+    def _objective(self, chunks: list[tuple[str, ChunkEmbeddings]], lm_normalizer: float | None = None):
+        """The weighted loss over the step's chunk embeddings (see `rime_contrastive_loss`).
+
+        `lm_normalizer` is `_lm_normalizer(chunks)`, computed here unless the caller already has it.
+        """
         groups = {}
         for name in dict.fromkeys(name for name, _ in chunks):
             parts = [c for group, c in chunks if group == name]
@@ -205,7 +208,9 @@ class RimeContrastiveTrainer(Trainer):
         lm_loss = None
         if self.args.lm_weight != 0:
             lm_sums = [c.lm_sum for _, c in chunks if c.lm_sum is not None]
-            lm_loss = sum(lm_sums, torch.zeros((), device=self.args.device)) * self._lm_normalizer(chunks)
+            if lm_normalizer is None:
+                lm_normalizer = self._lm_normalizer(chunks)
+            lm_loss = sum(lm_sums, torch.zeros((), device=self.args.device)) * lm_normalizer
         args = self.args
         loss, terms = rime_contrastive_loss(
             groups["query"],
@@ -247,10 +252,11 @@ class RimeContrastiveTrainer(Trainer):
                     states.append(RandomState.capture())
                     chunks.append((name, chunk, self._embed_chunk(model, chunk)))
         leaves = [(name, ChunkEmbeddings(leaf(e.disc), leaf(e.gen), e.lm_sum, e.lm_tokens)) for name, _, e in chunks]
-        loss, terms, groups = self._objective(leaves)
+        # one token count (a collective under DDP) serves the loss and the replay
+        lm_normalizer = self._lm_normalizer(leaves) if self.args.lm_weight != 0 else 0.0
+        loss, terms, groups = self._objective(leaves, lm_normalizer)
         if loss.requires_grad:  # false only when the LM term is the whole loss (it is not cached)
             loss.backward()
-        lm_normalizer = self._lm_normalizer(leaves) if self.args.lm_weight != 0 else 0.0
         replay = partial(self._replay_chunks, model, [c for _, c, _ in chunks], states, leaves, lm_normalizer)
         total = loss.detach().clone().requires_grad_()
         total.register_hook(replay)
