@@ -15,7 +15,7 @@ extras = {
     "quality": ["ruff>=0.6"],
     "testing": ["pytest>=8", "pytest-timeout>=2.3"],
 }
-extras["dev"] = sorted({*extras["testing"], *extras["quality"], *extras["st"], *extras["train"]})
+extras["dev"] = sorted({*extras["testing"], *extras["quality"], *extras["st"], *extras["train"], *extras["rl"]})
 
 setup(
     name="transformers_rime",

@@ -12,6 +12,7 @@ from transformers_rime.data import (
     clean_rewrite,
     normalize_item,
     read_pairs,
+    read_rime_rl,
     read_rime_sft,
     read_ume_r1_sft,
 )
@@ -333,3 +334,45 @@ def test_normalize_item_forms(media):
     }
     with pytest.raises(ValueError, match="item: 'images' must be a path or a list of paths"):
         normalize_item({"images": [1]})
+
+
+def test_read_rime_rl_flat_records(tmp_path, media):
+    records = [
+        {
+            "qry_text": "<image>\nRepresent the given image." + GEN_PROMPT,
+            "qry_image": "images/cat.jpg",
+            "qry_video": "",
+            "pos_text": "A cat.",
+            "pos_image": "blank.jpg",
+            "pos_video": "",
+            "dataset": "MSCOCO_i2t",
+            "solution": "cat",
+        },
+        {
+            "qry_text": "<video>\nWhat happens?",
+            "qry_image": "",
+            "qry_video": "frames/vid_1",
+            "pos_text": "",
+            "pos_image": ["images/dog.png"],
+            "pos_video": None,
+            "dataset": "MSR-VTT",
+            "solution": None,
+        },
+    ]
+    path = write_json(tmp_path / "RIME-RL" / "RIME-rl.json", records)
+    data = read_rime_rl(path, media_root=media)
+    assert data.column_names == [*COLUMNS, "solution"]
+    first, second = data[0], data[1]
+    assert first["query"] == {
+        "text": "Represent the given image.",
+        "images": [str(media / "images/cat.jpg")],
+        "video": None,
+    }
+    assert first["positive"] == {"text": "A cat.", "images": [], "video": None}  # blank.jpg dropped
+    assert (first["source"], first["solution"], first["query_instruction"]) == ("MSCOCO_i2t", "cat", "")
+    assert [os.path.basename(f) for f in second["query"]["video"]] == ["frame_1.jpg", "frame_2.jpg", "frame_10.jpg"]
+    assert second["positive"]["images"] == [str(media / "images/dog.png")] and second["solution"] is None
+    with pytest.raises(FileNotFoundError, match="record 0 \\(qry\\)"):
+        read_rime_rl(
+            write_json(tmp_path / "bad.json", [dict(records[0], qry_image="images/none.jpg")]), media_root=media
+        )

@@ -31,11 +31,19 @@ _LAZY = {
     "RimeContrastiveConfig": ".training",
     "RimeContrastiveTrainer": ".training",
     "RimeContrastiveCollator": ".training",
+    "RimeRefineRLConfig": ".training",
+    "RimeRefineRLTrainer": ".training",
 }
 
 if TYPE_CHECKING:
     from .encoder import RimeEncoder, RimeGeneration, SearchHit
-    from .training import RimeContrastiveCollator, RimeContrastiveConfig, RimeContrastiveTrainer
+    from .training import (
+        RimeContrastiveCollator,
+        RimeContrastiveConfig,
+        RimeContrastiveTrainer,
+        RimeRefineRLConfig,
+        RimeRefineRLTrainer,
+    )
 
 
 def __getattr__(name: str):
@@ -59,6 +67,8 @@ __all__ = [
     "RimeGeneration",
     "RimeGenerationOutput",
     "RimeProcessor",
+    "RimeRefineRLConfig",
+    "RimeRefineRLTrainer",
     "SearchHit",
     "__version__",
     "register_rime",

@@ -25,6 +25,15 @@ adds the generation prompt itself); it already holds the task instruction, so th
 ```
 
 with optional `negative`/`negatives`, `*_rewrite`/`negative_rewrites`, `*_instruction` and `source`.
+
+**RIME-Train RL** (`read_rime_rl`, file `RIME-RL/RIME-rl.json`): flat records
+
+```json
+{"qry_text": "<image>\\nRepresent the given image.\\n<disc_emb>...", "qry_image": "images/cat.jpg", "qry_video": "",
+ "pos_text": "A cat on a sofa.", "pos_image": "", "pos_video": "", "dataset": "MSCOCO_i2t", "solution": "..."}
+```
+
+cleaned like the SFT human turns; `solution` is kept as a column (TRL passes it to reward functions).
 """
 
 from __future__ import annotations
@@ -271,6 +280,43 @@ def read_ume_r1_sft(
     return read_rime_sft(paths, media_root, check_files, placeholder_images, max_samples_per_source)
 
 
+def read_rime_rl(paths, media_root=None, check_files=True, placeholder_images=("blank.jpg",)):
+    """Read the RIME-Train Refine-RL file (`leafyseay/RIME-Train`, `RIME-RL/RIME-rl.json`).
+
+    Args:
+        paths: a JSON/JSON-lines file, a directory of them or a list.
+        media_root: directory that relative image/video paths are resolved against (default: each file's folder).
+        check_files: raise `FileNotFoundError` (naming the file, record and side) for a missing image or frame.
+        placeholder_images: file names of placeholder images to drop (`blank.jpg` marks text-only items).
+
+    Returns:
+        A `datasets.Dataset` with the pair columns of the module docstring (rewrites `None`, instructions `""`
+        since the task instruction is in the text) plus `solution` (`str | None`); `source` is the `dataset` field.
+    """
+    rows = []
+    for file in _data_files(paths):
+        root = media_root if media_root is not None else os.path.dirname(os.path.abspath(file))
+        for index, record in enumerate(_load_records(file)):
+            where = f"{file} record {index}"
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected an object with qry_*/pos_* fields, got {type(record).__name__}.")
+            row = {"source": str(record.get("dataset") or Path(file).stem), "solution": record.get("solution")}
+            for column, prefix in (("query", "qry"), ("positive", "pos")):
+                media = {
+                    "text": clean_human_text(_text(record.get(f"{prefix}_text"), f"{where} ({prefix}_text)")),
+                    "image": record.get(f"{prefix}_image") or None,
+                    "video": record.get(f"{prefix}_video") or None,
+                }
+                row[column] = normalize_item(
+                    media, root, f"{where} ({prefix})", check_files=check_files, placeholder_images=placeholder_images
+                )
+                row.update({f"{column}_rewrite": None, f"{column}_instruction": ""})
+            if row["solution"] is not None and not isinstance(row["solution"], str):
+                row["solution"] = json.dumps(row["solution"])
+            rows.append(row)
+    return _to_dataset(rows, with_negatives=False, extra_text_columns=("solution",))
+
+
 def read_pairs(path_or_dataset, media_root=None, check_files=True, source=None):
     """Read plain (query, positive[, negatives]) pairs with the trainer's column names.
 
@@ -343,7 +389,7 @@ def _text(value, where: str) -> str | None:
     return value
 
 
-def _to_dataset(rows: list[dict], with_negatives: bool):
+def _to_dataset(rows: list[dict], with_negatives: bool, extra_text_columns: tuple[str, ...] = ()):
     """Rows -> `datasets.Dataset` with a fixed schema and column order, so that an all-`None` column keeps its type
     and datasets read from different files concatenate."""
     from datasets import Dataset, Features, Value
@@ -355,4 +401,5 @@ def _to_dataset(rows: list[dict], with_negatives: bool):
     columns["source"] = Value("string")
     if with_negatives:
         columns.update(negatives=[item], negative_rewrites=[Value("string")])
+    columns.update({name: Value("string") for name in extra_text_columns})
     return Dataset.from_dict({key: [row[key] for row in rows] for key in columns}, features=Features(columns))

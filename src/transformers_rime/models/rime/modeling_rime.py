@@ -505,6 +505,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         # <gen_emb> may come after `budget` tokens, and one more step feeds it through the model.
         kwargs["max_new_tokens"] = budget + 2
         kwargs["return_dict_in_generate"] = False
+        kwargs["use_cache"] = True  # one token per step: the capture reads each step's single new state
 
         with LastLayerCapture(self.text_decoder, disc_positions) as capture:
             sequences = self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -1,0 +1,558 @@
+"""Stage-2 RIME training: Refine-RL, GRPO on the rewrite with rewards anchored on discriminative embeddings."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+from packaging.version import Version
+from transformers.utils import logging
+
+from ..losses.distributed import gather_with_grad
+from ..models.rime.inputs_rime import RimeInput, parse_input
+from ..models.rime.modeling_rime import RimeForEmbedding
+from ..models.rime.processing_rime import RimeProcessor
+from ..rewards import REWARD_FUNCTIONS
+from .collator import _drop_empty
+from .configuration_refine_rl import RimeRefineRLConfig
+from .rollouts import PairedRepeatSampler, candidate_positions, gen_embedding_ids, left_pad, patch_offsets
+from .trainer_contrastive import freeze_vision_tower
+
+
+logger = logging.get_logger(__name__)
+
+TRL_RANGE = (Version("1.16.0"), Version("1.17.0"))  # tested range; the override points below are TRL internals
+ITEM_COLUMNS = ("query", "positive", "negatives", "negative", "query_instruction", "positive_instruction")
+
+
+def check_trl_version(version: str | None = None) -> None:
+    """Raise an `ImportError` unless TRL is within the tested range (`setup.py`'s `rl` extra)."""
+    if version is None:
+        import trl
+
+        version = trl.__version__
+    low, high = TRL_RANGE
+    if not low <= Version(version) < high:
+        raise ImportError(
+            f"RimeRefineRLTrainer needs trl>={low},<{high} (found {version}): it builds on GRPOTrainer internals "
+            f'that change between TRL releases. Install the tested version with `pip install "transformers_rime[rl]"`.'
+        )
+
+
+check_trl_version()
+
+from trl import GRPOTrainer  # noqa: E402  (after the version check, so an untested TRL fails with a clear message)
+from trl.models import prepare_deepspeed  # noqa: E402
+
+
+@dataclass
+class RolloutPair:
+    """One training pair, parsed once: the two items, their instructions and the dataset negatives."""
+
+    query: RimeInput
+    positive: RimeInput
+    query_instruction: str | None
+    positive_instruction: str | None
+    negatives: list[RimeInput]
+
+
+@dataclass
+class PromptEncoding:
+    """TRL's tokenisation of the current generation batch's prompts, kept for the embedding forward."""
+
+    prompt_ids: list[list[int]]
+    images: list[list | None]
+    fields: dict
+
+
+def _named(function, **kwargs):
+    """`functools.partial` that keeps the function's name (TRL logs each reward under its `__name__`)."""
+    bound = functools.partial(function, **kwargs)
+    functools.update_wrapper(bound, function)
+    return bound
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Evaluate without dropout (LoRA dropout included), then restore each submodule's mode."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+class RimeRefineRLTrainer(GRPOTrainer):
+    r"""
+    Refine-RL: GRPO on RIME's rewrite, rewarded by how well the rollout's generative embedding retrieves its target
+    among candidates anchored by their discriminative embeddings.
+
+    The policy handed to TRL is the stock Qwen-VL backbone inside the [`RimeForEmbedding`] (TRL needs a plain causal
+    LM that can generate). For each generation batch:
+
+    1. the pairs' queries (and documents, with `symmetric_rollouts`) become gen-mode prompts built by
+       [`RimeProcessor`], and TRL samples `num_generations` rewrites per prompt; `<gen_emb>` ends a rollout;
+    2. one forward of the policy over prompt + rollout (without gradient, the same kind of pass TRL runs for its
+       log-probs) reads each rollout's gen embedding at its `<gen_emb>`, appended when the rollout did not write it
+       (as at inference); the reading goes through `RimeForEmbedding.forward`, so inference, stage 1 and stage 2
+       read embeddings at the same place;
+    3. one forward over the batch's candidates (every target, plus the rows' `negatives`) gives their disc
+       embeddings, the anchors: from the model as it was when RL started (`anchor_source="frozen"`) or the current
+       policy (`"online"`), computed once per batch without gradient;
+    4. the reward functions (`args.rewards`, plus any `reward_funcs`) score each rollout; besides TRL's arguments
+       they receive `gen_embeddings`, `anchor_embeddings`, `positive_index` and `finished` per rollout (and, with
+       `symmetric_rollouts`, `partner_embeddings` / `partner_is_positive` for UME-R1's reward).
+
+    Everything else (sampling, advantages, the clipped loss, the KL to the reference, vLLM rollouts with
+    `use_vllm=True`, logging) is TRL's. Logged on top of TRL's metrics: `rollouts/finished` (share of rollouts that
+    wrote `<gen_emb>`) and `rollouts/anchor_top1` (share whose target ranks first).
+
+    Args:
+        model ([`RimeForEmbedding`] or `str`):
+            The stage-1 model, or a checkpoint path (RIME or published backbone layout).
+        args ([`RimeRefineRLConfig`], *optional*):
+            Training arguments; defaults to `RimeRefineRLConfig("rime-refine-rl")`.
+        train_dataset (`datasets.Dataset` or `list[dict]`):
+            Pairs with `query` and `positive` items (text, image path, PIL image, frame list or dict) and optional
+            `query_instruction`, `positive_instruction`, `negatives` (list of items); other scalar columns (such as
+            `source` or `solution`) are passed on to the reward functions. See `transformers_rime.data.read_pairs`
+            and `read_rime_rl`.
+        eval_dataset (`datasets.Dataset` or `list[dict]`, *optional*):
+            Same format.
+        processing_class ([`RimeProcessor`], *optional*):
+            Required unless `model` is a path (then loaded from it).
+        reward_funcs (callable or `list`, *optional*):
+            Extra TRL reward functions, after the ones named in `args.rewards`.
+        callbacks, optimizers:
+            As in `transformers.Trainer`.
+        peft_config (`peft.PeftConfig`, *optional*):
+            Train a LoRA adapter on the backbone (TRL applies it); the frozen anchors and the reference are then the
+            model with the adapter disabled, so no copy of the model is kept.
+
+    Example:
+
+    ```python
+    >>> from transformers_rime.testing import synthetic_pairs, tiny_rime_model, tiny_rime_processor
+    >>> processor = tiny_rime_processor()
+    >>> args = RimeRefineRLConfig("/tmp/rime-rl-doctest", max_steps=1, per_device_train_batch_size=4,
+    ...                           num_generations=2, max_completion_length=6, bf16=False, use_cpu=True,
+    ...                           report_to="none", save_strategy="no", logging_steps=1, beta=0.0)
+    >>> trainer = RimeRefineRLTrainer(tiny_rime_model(processor=processor), args=args,
+    ...                               train_dataset=synthetic_pairs(4), processing_class=processor)
+    >>> result = trainer.train()  # doctest: +ELLIPSIS
+    {...'rewards/anchor_retrieval_reward/mean': ...}
+    >>> result.global_step
+    1
+
+    ```
+    """
+
+    _tag_names = ["trl", "grpo", "rime", "refine-rl"]
+
+    def __init__(
+        self,
+        model: RimeForEmbedding | str,
+        args: RimeRefineRLConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class: RimeProcessor | None = None,
+        reward_funcs=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        args = args if args is not None else RimeRefineRLConfig("rime-refine-rl")
+        if not isinstance(args, RimeRefineRLConfig):
+            raise TypeError(f"args must be a RimeRefineRLConfig, got {type(args).__name__}.")
+        if isinstance(model, (str, os.PathLike)):
+            if processing_class is None:
+                processing_class = RimeProcessor.from_pretrained(model)
+            model = RimeForEmbedding.from_pretrained(model, tokenizer=processing_class.tokenizer)
+        if not isinstance(model, RimeForEmbedding):
+            raise TypeError(f"model must be a RimeForEmbedding or a checkpoint path, got {type(model).__name__}.")
+        if not isinstance(processing_class, RimeProcessor):
+            # An AutoProcessor fallback could silently return a bare tokenizer and make the run text-only.
+            raise ValueError("Pass processing_class=RimeProcessor(...) (or give `model` as a checkpoint path).")
+        processing_class.adopt_config(model.config)
+        self.rime_model = model
+        self._gen_emb_id = model.config.gen_emb_token_id
+        self._end_ids = list(model.config.end_of_turn_token_ids or [])
+        if args.freeze_vision_tower and peft_config is None:
+            freeze_vision_tower(model)
+
+        self._pairs: list[RolloutPair] = []
+        train_rows = self._rollout_dataset(train_dataset, args, "train_dataset")
+        eval_rows = self._rollout_dataset(eval_dataset, args, "eval_dataset") if eval_dataset is not None else None
+
+        policy = model.vlm
+        # The frozen anchor model of a full fine-tune is a copy taken now, before any update (with beta > 0, TRL's
+        # reference model is that initial model already and is used instead).
+        full_finetune = peft_config is None
+        self._own_anchor_model = None
+        if full_finetune and args.anchor_source == "frozen" and args.uses_embeddings and args.beta == 0.0:
+            self._own_anchor_model = copy.deepcopy(model).requires_grad_(False).eval()
+        if full_finetune and args.beta != 0.0:
+            self._make_reference_loadable(policy, args)
+
+        # TRL ends a rollout at any of the model's eos ids: <gen_emb> must be one. Restored below, so the model
+        # keeps generating as before outside RL.
+        original_eos = policy.generation_config.eos_token_id
+        eos = original_eos if isinstance(original_eos, list) else [original_eos] if original_eos is not None else []
+        policy.generation_config.eos_token_id = [self._gen_emb_id, *[i for i in eos if i != self._gen_emb_id]]
+        try:
+            super().__init__(
+                model=policy,
+                reward_funcs=self._reward_functions(args, processing_class, reward_funcs),
+                args=args,
+                train_dataset=train_rows,
+                eval_dataset=eval_rows,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
+        finally:
+            policy.generation_config.eos_token_id = original_eos
+        self._prompt_encoding: PromptEncoding | None = None
+        if self._own_anchor_model is not None:
+            self._own_anchor_model = self._prepare_frozen(self._own_anchor_model)
+
+    # ------------------------------------------------------------------ setup
+
+    def _rollout_dataset(self, dataset, args: RimeRefineRLConfig, name: str):
+        """Parse the pairs into `self._pairs` and return TRL's dataset: one row per rollout prompt.
+
+        Rows hold `pair_index` and `side` (plus the scalar columns, for reward functions); the items stay here, so
+        images are opened only when their batch is generated.
+        """
+        from datasets import Dataset
+
+        if dataset is None:
+            raise ValueError(f"{name} is required.")
+        rows = dataset if isinstance(dataset, list) else [dataset[i] for i in range(len(dataset))]
+        columns: dict[str, list] = {"pair_index": [], "side": []}
+        extra = sorted({k for row in rows for k, v in row.items() if k not in ITEM_COLUMNS and _is_scalar(v)})
+        extra = [k for k in extra if not k.endswith("_rewrite")]
+        columns.update({k: [] for k in extra})
+        for index, row in enumerate(rows):
+            where = f"{name} row {index}"
+            self._pairs.append(_parse_pair(row, where))
+            for side in ("query", "document") if args.symmetric_rollouts else ("query",):
+                columns["pair_index"].append(len(self._pairs) - 1)
+                columns["side"].append(side)
+                for k in extra:
+                    columns[k].append(row.get(k))
+        return Dataset.from_dict(columns)
+
+    @staticmethod
+    def _reward_functions(args: RimeRefineRLConfig, processor: RimeProcessor, extra) -> list:
+        options = {
+            "format": {
+                "rewrite_start": processor.rewrite_start,
+                "rewrite_end": processor.rewrite_end,
+                "gen_emb_token": processor.gen_emb_token,
+            },
+            "anchor_retrieval": {"temperature": args.reward_temperature},
+            "length": {"target_length": args.target_rewrite_length},
+        }
+        functions = [_named(REWARD_FUNCTIONS[name], **options.get(name, {})) for name in args.rewards]
+        extra = [] if extra is None else extra if isinstance(extra, list) else [extra]
+        return functions + list(extra)
+
+    @staticmethod
+    def _make_reference_loadable(policy, args: RimeRefineRLConfig) -> None:
+        """With `beta > 0` TRL rebuilds the reference from `config._name_or_path`, which is empty for a model built
+        in memory (and names a RIME-layout folder, not a backbone, for one loaded from a RIME checkpoint). Point it
+        at a backbone checkpoint of the initial weights, written to `output_dir/reference_model` when needed."""
+        source = policy.config._name_or_path
+        config_file = os.path.join(source, "config.json") if source else ""
+        if source and os.path.isdir(source) and os.path.isfile(config_file):
+            import json
+
+            with open(config_file, encoding="utf-8") as f:
+                if json.load(f).get("model_type") == policy.config.model_type:
+                    return  # a backbone checkpoint (the published layout): TRL loads it as is
+        elif source and not os.path.exists(source):
+            return  # a Hub id of a backbone
+        from accelerate import PartialState
+
+        folder = os.path.join(args.output_dir, "reference_model")
+        state = PartialState()
+        with state.main_process_first():
+            if state.is_main_process:
+                logger.info(f"beta > 0: saving the initial backbone to {folder} for TRL's reference model.")
+                policy.save_pretrained(folder)
+        policy.config._name_or_path = folder
+
+    def _prepare_frozen(self, model: RimeForEmbedding) -> RimeForEmbedding:
+        """Place the frozen anchor copy like TRL places its reference model."""
+        if self.is_deepspeed_enabled:
+            model.vlm = prepare_deepspeed(model.vlm, self.accelerator).module
+            return model
+        return self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    def _get_train_sampler(self, dataset=None):
+        if not self.args.symmetric_rollouts:
+            return super()._get_train_sampler(dataset)
+        prompts_per_batch = self.args.generation_batch_size // self.num_generations
+        if prompts_per_batch % 2:
+            raise ValueError(
+                "symmetric_rollouts keeps each pair's query and document in one generation batch: "
+                f"generation_batch_size / num_generations ({prompts_per_batch}) must be even."
+            )
+        dataset = dataset if dataset is not None else self.train_dataset
+        return PairedRepeatSampler(
+            num_pairs=len(dataset) // 2,
+            num_generations=self.num_generations,
+            pairs_per_batch=prompts_per_batch // 2,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )
+
+    # ------------------------------------------------------------------ rollouts
+
+    def _side(self, row: dict) -> tuple[RimeInput, str | None, str]:
+        pair = self._pairs[row["pair_index"]]
+        if row["side"] == "query":
+            return pair.query, pair.query_instruction, "query"
+        return pair.positive, pair.positive_instruction, "document"
+
+    def _with_prompt(self, row: dict) -> dict:
+        """A TRL row: the gen-mode conversation RimeProcessor builds for this side, and its images."""
+        processor = self.processing_class
+        item, instruction, role = self._side(row)
+        where = f"pair {row['pair_index']} ({row['side']})"
+        instruction = processor.instruction_for(role, instruction)
+        _, images = processor.prepare_item(item, "gen", instruction, where)
+        messages = processor.build_messages(item.text, len(images), "gen", instruction)
+        return {**row, "prompt": messages, "images": images}
+
+    def _generate_and_score_completions(self, inputs):
+        return super()._generate_and_score_completions([self._with_prompt(row) for row in inputs])
+
+    def _tokenize_prompts(self, prompts: list):
+        prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        if images is not None:
+            # TRL marks a text-only row of a mixed batch with None, which the processor's later call rejects
+            # ("only a single or a list of entries is supported"); an empty list means the same and passes.
+            images = [row_images or [] for row_images in images]
+        limit = self.args.max_prompt_length
+        if limit is not None:
+            too_long = [(i, len(ids)) for i, ids in enumerate(prompt_ids) if len(ids) > limit]
+            if too_long:
+                raise ValueError(
+                    f"Prompt longer than max_prompt_length={limit} (batch rows and lengths: {too_long[:5]}). Nothing "
+                    "is truncated: shorten the text, lower the image pixel budget or raise max_prompt_length."
+                )
+        rows = len(prompt_ids)
+        self._prompt_encoding = PromptEncoding([list(ids) for ids in prompt_ids], images or [None] * rows, fields)
+        return prompt_ids, images, fields
+
+    # ------------------------------------------------------------------ rewards
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        sequences, finished = zip(
+            *(
+                gen_embedding_ids(p, c, self._gen_emb_id, self._end_ids)
+                for p, c in zip(self._prompt_encoding.prompt_ids, completion_ids_list)
+            )
+        )
+        self._log_metric("rollouts/finished", sum(finished) / len(finished))
+        columns = {"finished": list(finished)}
+        if self.args.uses_embeddings:
+            columns.update(self._embedding_columns(inputs, list(sequences)))
+        rows = [{**row, **{k: v[i] for k, v in columns.items()}} for i, row in enumerate(inputs)]
+        return super()._calculate_rewards(rows, prompts, completions, completion_ids_list)
+
+    def _embedding_columns(self, inputs: list[dict], sequences: list[list[int]]) -> dict[str, list]:
+        gen = self._rollout_embeddings(sequences)  # (N, D)
+        keys, anchors, roles = self._anchor_embeddings(inputs)  # pool over every process
+        columns = {"gen_embeddings": list(gen), "anchor_embeddings": [], "positive_index": []}
+        pools = {}
+        for role in ("query", "document"):
+            members = [i for i, r in enumerate(roles) if r == role]
+            pools[role] = ([keys[i] for i in members], anchors[members])
+        top1 = []
+        for row, embedding in zip(inputs, gen):
+            role = "document" if row["side"] == "query" else "query"
+            pool_keys, pool = pools[role]
+            position = candidate_positions([(row["pair_index"], role)], pool_keys)[0]
+            columns["anchor_embeddings"].append(pool)
+            columns["positive_index"].append(position)
+            top1.append(float(int((pool @ embedding).argmax()) == position))
+        self._log_metric("rollouts/anchor_top1", sum(top1) / len(top1))
+        if self.args.symmetric_rollouts:
+            columns.update(self._partner_columns(inputs, gen))
+        return columns
+
+    def _rollout_embeddings(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Gen embeddings of the rollouts, `(N, D)`: the policy's last-layer state at each sequence's `<gen_emb>`."""
+        fields = self._prompt_encoding.fields
+        grid = fields.get("image_grid_thw")
+        grid = torch.as_tensor(grid) if grid is not None else None
+        pixels = torch.as_tensor(fields["pixel_values"]) if "pixel_values" in fields else None
+        image_token = self.processing_class.tokenizer.convert_tokens_to_ids(self.processing_class.image_token)
+        images_per_row = [len(images or []) for images in self._prompt_encoding.images]
+        image_starts, patch_starts = patch_offsets(grid if grid is not None else torch.zeros(0, 3), images_per_row)
+        size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        pad_id = self.processing_class.tokenizer.pad_token_id
+        chunks = []
+        with torch.no_grad(), _eval_mode(self.rime_model):
+            for start in range(0, len(sequences), size):
+                end = min(start + size, len(sequences))
+                ids, mask = left_pad(sequences[start:end], pad_id)
+                batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == image_token).long()}
+                if grid is not None and image_starts[end] > image_starts[start]:
+                    batch["pixel_values"] = pixels[patch_starts[start] : patch_starts[end]]
+                    batch["image_grid_thw"] = grid[image_starts[start] : image_starts[end]]
+                batch = self._prepare_inputs_for_model(batch)
+                with self.accelerator.autocast():
+                    out = self.rime_model(**batch, return_gen_embeddings=True)
+                chunks.append(out.gen_embeddings.float())
+        return torch.cat(chunks)
+
+    def _prepare_inputs_for_model(self, batch: dict) -> dict:
+        device = self.accelerator.device
+        dtype = self.rime_model.vlm.dtype
+        return {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in batch.items()}
+
+    def _anchor_model(self):
+        """The model the anchors come from, and a context to enter around its forward."""
+        if self.args.anchor_source == "online":
+            return self.rime_model, contextlib.nullcontext()
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if hasattr(unwrapped, "disable_adapter"):  # LoRA: the initial model is the base, adapter off
+            return self.rime_model, unwrapped.disable_adapter()
+        if self._own_anchor_model is not None:
+            return self._own_anchor_model, contextlib.nullcontext()
+        # beta > 0: TRL's reference model is the initial model
+        reference = self.accelerator.unwrap_model(self.ref_model)
+        return RimeForEmbedding(self.rime_model.config, vlm=reference), contextlib.nullcontext()
+
+    def _anchor_embeddings(self, inputs: list[dict]) -> tuple[list, torch.Tensor, list[str]]:
+        """Disc embeddings of the batch's candidates, without gradient: `(keys, (C, D), roles)`.
+
+        A candidate is the other side of each row's pair (a query row's positive, a document row's query) and, for
+        query rows, the pair's negatives. Each is embedded once per process, then pooled across processes.
+        """
+        processor = self.processing_class
+        candidates: dict = {}
+        for row in inputs:
+            pair = self._pairs[row["pair_index"]]
+            if row["side"] == "query":
+                candidates.setdefault((row["pair_index"], "document"), (pair.positive, pair.positive_instruction))
+                if self.args.use_dataset_negatives:
+                    for k, negative in enumerate(pair.negatives):
+                        candidates.setdefault(
+                            (row["pair_index"], f"negative {k}"), (negative, pair.positive_instruction)
+                        )
+            else:
+                candidates.setdefault((row["pair_index"], "query"), (pair.query, pair.query_instruction))
+        keys = list(candidates)
+        texts, images = [], []
+        for key, (item, instruction) in candidates.items():
+            role = "query" if key[1] == "query" else "document"
+            prompt, loaded = processor.prepare_item(
+                item, "disc", processor.instruction_for(role, instruction), f"pair {key[0]} ({key[1]})"
+            )
+            texts.append(prompt)
+            images.extend(loaded)
+        batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        batch = self._prepare_inputs_for_model({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        model, context = self._anchor_model()
+        with torch.no_grad(), _eval_mode(model), context, self.accelerator.autocast():
+            anchors = model(**batch).embeddings.float()
+        if self.args.gather_candidates_across_devices and self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            keys = gather_object(keys)
+            anchors, _ = gather_with_grad(anchors)
+            first = {}
+            for index, key in enumerate(keys):
+                first.setdefault(tuple(key), index)  # the same pair may sit on two processes
+            keep = sorted(first.values())
+            keys, anchors = [tuple(keys[i]) for i in keep], anchors[keep]
+        roles = ["query" if key[1] == "query" else "document" for key in keys]
+        return keys, anchors, roles
+
+    def _partner_columns(self, inputs: list[dict], gen: torch.Tensor) -> dict[str, list]:
+        """For UME-R1's reward: every other-side rollout of the batch (all processes) and which are positives."""
+        pairs = torch.tensor([row["pair_index"] for row in inputs], device=gen.device)
+        is_query = torch.tensor([row["side"] == "query" for row in inputs], device=gen.device)
+        if self.accelerator.num_processes > 1:
+            gen_all, _ = gather_with_grad(gen)
+            pairs_all, _ = gather_with_grad(pairs)
+            is_query_all, _ = gather_with_grad(is_query)
+        else:
+            gen_all, pairs_all, is_query_all = gen, pairs, is_query
+        by_side = {side: gen_all[is_query_all == (side == "query")] for side in ("query", "document")}
+        pair_by_side = {side: pairs_all[is_query_all == (side == "query")] for side in ("query", "document")}
+        columns = {"partner_embeddings": [], "partner_is_positive": []}
+        for row in inputs:
+            partner = "document" if row["side"] == "query" else "query"
+            columns["partner_embeddings"].append(by_side[partner])
+            columns["partner_is_positive"].append(pair_by_side[partner] == row["pair_index"])
+        return columns
+
+    # ------------------------------------------------------------------ saving
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints (`_internal_call`) are TRL's: the policy backbone (or adapter) with the processor, which
+        `RimeForEmbedding.from_pretrained` loads (published layout). An explicit call writes the RIME model through
+        `RimeEncoder.save_pretrained`, with a LoRA adapter merged, so the result loads everywhere like any other."""
+        if _internal_call or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        from ..encoder import RimeEncoder
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.accelerator.is_main_process:
+            RimeEncoder(self.merged_model(), self.processing_class).save_pretrained(output_dir)
+        self.accelerator.wait_for_everyone()
+
+    def merged_model(self) -> RimeForEmbedding:
+        """The trained `RimeForEmbedding`: the model itself, or a merged copy when a LoRA adapter is trained."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if not hasattr(unwrapped, "merge_and_unload"):
+            return self.rime_model
+        merged = copy.deepcopy(unwrapped).merge_and_unload()
+        # TRL replaced the policy's `forward` with a fused-LM-head wrapper that calls the *original* model's forward;
+        # a copy keeping it would silently run the training model. Drop it: the class forward is the stock one.
+        merged.__dict__.pop("forward", None)
+        return RimeForEmbedding(self.rime_model.config, vlm=merged).eval()
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _parse_pair(row: dict, where: str) -> RolloutPair:
+    for column in ("query", "positive"):
+        if row.get(column) is None:
+            raise ValueError(f"{where}: missing `{column}`.")
+
+    def item(value, column: str) -> RimeInput:
+        try:
+            return parse_input(_drop_empty(value), 0)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}, column {column!r}: {error}") from None
+
+    negatives = row.get("negatives")
+    if negatives is None and row.get("negative") is not None:
+        negatives = [row["negative"]]
+    return RolloutPair(
+        query=item(row["query"], "query"),
+        positive=item(row["positive"], "positive"),
+        query_instruction=row.get("query_instruction"),
+        positive_instruction=row.get("positive_instruction"),
+        negatives=[item(n, f"negatives[{k}]") for k, n in enumerate(negatives or [])],
+    )
+
+
+__all__ = ["RimeRefineRLTrainer", "check_trl_version"]

@@ -1,0 +1,231 @@
+"""Refine-RL trainer: prompts, embeddings, anchors, GRPO steps (full, LoRA, beta > 0), saving."""
+
+import copy
+
+import pytest
+import torch
+
+from transformers_rime import RimeEncoder, RimeForEmbedding
+from transformers_rime.testing import synthetic_pairs, tiny_rime_model, tiny_rime_processor
+
+
+pytest.importorskip("trl", reason="Refine-RL needs the rl extra")  # installed by the dev extra, so CI runs these
+
+from transformers_rime.training import RimeRefineRLConfig, RimeRefineRLTrainer  # noqa: E402
+from transformers_rime.training.rollouts import PairedRepeatSampler, gen_embedding_ids  # noqa: E402
+from transformers_rime.training.trainer_refine_rl import check_trl_version  # noqa: E402
+
+
+def make_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        beta=0.0,
+        seed=0,
+    )
+    values.update(overrides)
+    return RimeRefineRLConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return tiny_rime_processor()
+
+
+def make_trainer(tmp_path, processor, rows=None, peft_config=None, **overrides):
+    model = tiny_rime_model(processor=processor)
+    rows = rows if rows is not None else synthetic_pairs(8, with_images=True)
+    return RimeRefineRLTrainer(
+        model,
+        args=make_args(tmp_path, **overrides),
+        train_dataset=rows,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+
+
+def rollout_rows(trainer, count):
+    return [trainer._with_prompt(trainer.train_dataset[i]) for i in range(count)]
+
+
+def test_rollout_prompts_are_the_processors_gen_prompts(tmp_path, processor):
+    """TRL renders the conversations the trainer builds; the tokens must be RimeProcessor's gen-mode prompt."""
+    rows = synthetic_pairs(4, with_images=True)
+    trainer = make_trainer(tmp_path, processor, rows=rows, symmetric_rollouts=True)
+    trl_rows = rollout_rows(trainer, 4)  # pair 0 query, pair 0 document, pair 1 query, pair 1 document
+    from trl.data_utils import prepare_multimodal_messages
+
+    prompts = [prepare_multimodal_messages(r["prompt"], images=r["images"]) for r in trl_rows]
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    for ids, row in zip(prompt_ids, trl_rows):
+        pair = rows[row["pair_index"]]
+        item, role = (pair["query"], "query") if row["side"] == "query" else (pair["positive"], "document")
+        expected = processor.process_inputs([item], mode="gen", role=role)
+        assert list(ids) == expected["input_ids"][0].tolist()
+
+
+def test_gen_embedding_ids_append_gen_emb_to_unfinished_rollouts():
+    assert gen_embedding_ids([1], [4, 9], gen_emb_id=9, end_ids=[0, 2]) == ([1, 4, 9], True)
+    assert gen_embedding_ids([1], [4, 2], gen_emb_id=9, end_ids=[0, 2]) == ([1, 4, 9], False)
+    assert gen_embedding_ids([1], [4, 5], gen_emb_id=9, end_ids=[0, 2]) == ([1, 4, 5, 9], False)  # ran out
+    assert gen_embedding_ids([1], [], gen_emb_id=9, end_ids=[0]) == ([1, 9], False)
+
+
+def test_rollout_embeddings_are_the_models_gen_embeddings(tmp_path, processor):
+    """One batched forward over prompt + rollout gives what RimeForEmbedding reads for each sequence alone."""
+    trainer = make_trainer(tmp_path, processor, symmetric_rollouts=True)  # text queries, image documents
+    rows = rollout_rows(trainer, 4)
+    from trl.data_utils import prepare_multimodal_messages
+
+    prompts = [prepare_multimodal_messages(r["prompt"], images=r["images"]) for r in rows]
+    trainer._tokenize_prompts(prompts)
+    gen_id, end_id = processor.gen_emb_token_id, processor.end_of_turn_token_ids[0]
+    completions = [[11, 12, gen_id], [13, end_id], [14, 15, 16], [17, gen_id]]  # finished, ended, ran out, finished
+    sequences = [
+        gen_embedding_ids(p, c, gen_id, [end_id])[0] for p, c in zip(trainer._prompt_encoding.prompt_ids, completions)
+    ]
+    batched = trainer._rollout_embeddings(sequences)
+    model = trainer.rime_model
+    for row, (row_data, sequence) in enumerate(zip(rows, sequences)):
+        item, _, role = trainer._side(row_data)
+        alone = processor.process_inputs([item], mode="gen", role=role)
+        ids = torch.tensor([sequence])
+        inputs = {k: v for k, v in alone.items() if k in ("pixel_values", "image_grid_thw")}
+        with torch.no_grad():
+            out = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                mm_token_type_ids=(ids == processor.image_token_id).long(),
+                return_gen_embeddings=True,
+                **inputs,
+            )
+        torch.testing.assert_close(batched[row], out.gen_embeddings[0], atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_anchors_carry_no_gradient_and_stay_put_while_the_policy_moves(tmp_path, processor):
+    rows = synthetic_pairs(8, with_images=True)
+    trainer = make_trainer(tmp_path, processor, rows=rows, learning_rate=1e-2, max_steps=2)
+    batch = rollout_rows(trainer, 4)
+    keys, before, _ = trainer._anchor_embeddings(batch)
+    again = trainer._anchor_embeddings(batch)[1]
+    assert not before.requires_grad
+    torch.testing.assert_close(before, again, rtol=0, atol=0)  # the same within a step
+    initial = copy.deepcopy(trainer.rime_model)
+    trainer.train()
+    moved = max((p - q).abs().max() for p, q in zip(trainer.rime_model.parameters(), initial.parameters()))
+    assert moved > 1e-4  # the policy changed ...
+    torch.testing.assert_close(trainer._anchor_embeddings(batch)[1], before)  # ... the frozen anchors did not
+    trainer.args.anchor_source = "online"
+    online = trainer._anchor_embeddings(batch)[1]
+    assert (online - before).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize(
+    ("name", "use_lora", "beta"),
+    [("full, beta>0", False, 0.04), ("lora, beta>0", True, 0.04), ("lora, beta=0", True, 0.0)],
+)
+def test_grpo_steps_run_on_an_image_text_model(tmp_path, processor, name, use_lora, beta):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if use_lora else None
+    # 8 rows per batch = 2 pairs x 2 sides x 2 rollouts: two candidates per pool, so rewards differ within groups
+    trainer = make_trainer(
+        tmp_path,
+        processor,
+        peft_config=peft_config,
+        beta=beta,
+        symmetric_rollouts=True,
+        max_steps=3,
+        per_device_train_batch_size=8,
+        learning_rate=1e-4,
+    )
+    trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and (not use_lora or all("lora" in n for n in trainable))
+    result = trainer.train()
+    assert result.global_step == 3
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    assert len(logs) == 3
+    for key in (
+        "rewards/anchor_retrieval_reward/mean",
+        "rewards/format_reward/mean",
+        "rollouts/finished",
+        "rollouts/anchor_top1",
+        "completions/mean_length",
+    ):
+        assert all(key in h for h in logs), key
+    assert all(0.0 <= h["rewards/anchor_retrieval_reward/mean"] <= 1.0 for h in logs)
+    assert ("kl" in logs[-1]) == (beta > 0)
+    changed = [n for n, p in trainer.model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])]
+    assert changed, f"{name}: no trainable weight moved"
+
+
+def test_saved_model_loads_like_any_rime_checkpoint(tmp_path, processor):
+    from peft import LoraConfig
+
+    trainer = make_trainer(
+        tmp_path / "run",
+        processor,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj"]),
+        learning_rate=1e-2,
+        max_steps=1,
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    texts = ["a red car", "a kitten"]
+    with torch.no_grad():
+        expected = trainer.rime_model.eval()(**processor(text=texts, mode="disc", return_tensors="pt")).embeddings
+    encoder = RimeEncoder.from_pretrained(tmp_path / "final")
+    assert isinstance(encoder.model, RimeForEmbedding)
+    loaded = encoder.encode(texts, mode="disc", convert_to="tensor")
+    torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=1e-4)  # the adapter is merged in
+    # the merged copy generates on its own weights (TRL's patched forward would route it to the training model)
+    out = trainer.merged_model().generate_embeddings(
+        **processor(text=texts, mode="gen", return_tensors="pt"), max_new_tokens=3
+    )
+    assert out.embeddings.shape == (2, expected.shape[1])
+
+
+def test_paired_sampler_keeps_both_sides_of_a_pair_in_one_generation_batch():
+    order = list(PairedRepeatSampler(num_pairs=4, num_generations=2, pairs_per_batch=2, repeat_count=2, seed=3))
+    assert len(order) == 4 * 2 * 2 * 2
+    batches = [order[i : i + 8] for i in range(0, len(order), 8)]
+    for batch in batches:
+        pairs = {row // 2 for row in batch}
+        assert sorted(batch) == sorted(r for p in pairs for r in (2 * p, 2 * p, 2 * p + 1, 2 * p + 1))
+    assert batches[0] == batches[1]  # repeat_count: the same generation batch again (num_iterations)
+
+
+def test_dataset_negatives_join_the_candidate_pool(tmp_path, processor):
+    rows = [dict(r, negatives=["an unrelated thing", "another one"]) for r in synthetic_pairs(4)]
+    trainer = make_trainer(tmp_path, processor, rows=rows)
+    keys, anchors, roles = trainer._anchor_embeddings(rollout_rows(trainer, 2))
+    assert len(keys) == anchors.shape[0] == 2 * 3 and set(roles) == {"document"}
+    trainer.args.use_dataset_negatives = False
+    assert len(trainer._anchor_embeddings(rollout_rows(trainer, 2))[0]) == 2
+
+
+def test_config_and_version_errors(tmp_path, processor):
+    with pytest.raises(ValueError, match="Unknown reward"):
+        make_args(tmp_path, rewards=["format", "recall"])
+    with pytest.raises(ValueError, match="symmetric_rollouts"):
+        make_args(tmp_path, rewards=["rollout_contrast"])
+    with pytest.raises(ValueError, match="anchor_source"):
+        make_args(tmp_path, anchor_source="moving")
+    with pytest.raises(ImportError, match=r"trl>=1.16.0,<1.17.0"):
+        check_trl_version("1.17.0")
+    check_trl_version("1.16.3")
+    with pytest.raises(ValueError, match="RimeProcessor"):
+        RimeRefineRLTrainer(tiny_rime_model(processor=processor), args=make_args(tmp_path), train_dataset=[])
+    with pytest.raises(ValueError, match="row 1, column 'positive'"):
+        make_trainer(
+            tmp_path, processor, rows=[{"query": "a", "positive": "b"}, {"query": "a", "positive": {"txt": 1}}]
+        )
