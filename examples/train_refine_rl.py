@@ -3,7 +3,10 @@
 Offline demo, no download: a tiny random model is first trained for a few seconds with stage 1 on synthetic pairs,
 then Refine-RL runs on the same pairs and the mean anchor-retrieval reward of the first and last steps is printed:
 
-    python examples/train_refine_rl.py --output_dir /tmp/rime-tiny-rl --max_steps 20
+    python examples/train_refine_rl.py --output_dir /tmp/rime-tiny-rl --max_steps 20 \\
+        --per_device_train_batch_size 64 --max_completion_length 16 --bf16 False
+
+(64 rollouts = 8 prompts x 8 rollouts per step, so each rollout is scored against 8 candidates.)
 
 The paper's recipe (reconstructed from UME-R1's released scripts; RIME's own values were not published): start from
 the stage-1 model, G = 8 rollouts, beta 0.04, clip 0.2 / 0.28, lr 1e-6, temperature 1.0, 2 prompts per GPU x 2

@@ -220,6 +220,7 @@ class RimeRefineRLTrainer(GRPOTrainer):
         finally:
             policy.generation_config.eos_token_id = original_eos
         self._prompt_encoding: PromptEncoding | None = None
+        self._warned_small_pool = False
         if self._own_anchor_model is not None:
             self._own_anchor_model = self._prepare_frozen(self._own_anchor_model)
 
@@ -379,6 +380,13 @@ class RimeRefineRLTrainer(GRPOTrainer):
         for role in ("query", "document"):
             members = [i for i, r in enumerate(roles) if r == role]
             pools[role] = ([keys[i] for i in members], anchors[members])
+        if any(len(pool_keys) == 1 for pool_keys, _ in pools.values() if pool_keys) and not self._warned_small_pool:
+            self._warned_small_pool = True
+            logger.warning(
+                "A candidate pool holds a single candidate, so retrieval rewards are constant and carry no signal: "
+                "raise generation_batch_size (or per_device_train_batch_size) so a generation batch holds several "
+                "prompts, or add `negatives` to the dataset."
+            )
         top1 = []
         for row, embedding in zip(inputs, gen):
             role = "document" if row["side"] == "query" else "query"
