@@ -331,7 +331,7 @@ class RimeRefineRLTrainer(GRPOTrainer):
         item, instruction, role = self._side(row)
         where = f"pair {row['pair_index']} ({row['side']})"
         instruction = processor.instruction_for(role, instruction)
-        _, images = processor.prepare_item(item, "gen", instruction, where)
+        images = processor.load_media(item, where)  # TRL renders the conversation itself
         messages = processor.build_messages(item.text, len(images), "gen", instruction)
         return {**row, "prompt": messages, "images": images}
 
@@ -387,11 +387,21 @@ class RimeRefineRLTrainer(GRPOTrainer):
                 "raise generation_batch_size (or per_device_train_batch_size) so a generation batch holds several "
                 "prompts, or add `negatives` to the dataset."
             )
+        target_roles = ["document" if row["side"] == "query" else "query" for row in inputs]
+        # one lookup table per pool, not one per rollout
+        positions = {
+            role: iter(
+                candidate_positions(
+                    [(r["pair_index"], t) for r, t in zip(inputs, target_roles) if t == role], pool_keys
+                )
+            )
+            for role, (pool_keys, _) in pools.items()
+            if role in target_roles
+        }
         top1 = []
-        for row, embedding in zip(inputs, gen):
-            role = "document" if row["side"] == "query" else "query"
-            pool_keys, pool = pools[role]
-            position = candidate_positions([(row["pair_index"], role)], pool_keys)[0]
+        for role, embedding in zip(target_roles, gen):
+            pool = pools[role][1]
+            position = next(positions[role])
             columns["anchor_embeddings"].append(pool)
             columns["positive_index"].append(position)
             top1.append(float(int((pool @ embedding).argmax()) == position))

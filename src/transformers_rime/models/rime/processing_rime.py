@@ -333,10 +333,18 @@ class RimeProcessor(Qwen2VLProcessor):
     def prepare_item(
         self, item: RimeInput, mode: str, instruction: str | None, where: str = "item"
     ) -> tuple[str, list]:
-        """The templated prompt of one parsed item and its images, opened and converted to RGB.
+        """The templated prompt of one parsed item and its images (see [`~RimeProcessor.load_media`]).
+
+        Used for every batch the processor builds, and by the training collator.
+        """
+        loaded = self.load_media(item, where)
+        return self.render_prompt(item.text, len(loaded), mode, instruction), loaded
+
+    def load_media(self, item: RimeInput, where: str = "item") -> list:
+        """The images of one parsed item, opened and converted to RGB, after checking it is not empty.
 
         A video's frames come first (at most `max_video_frames`, sampled uniformly), then the images. `where` names
-        the item in errors. Used for every batch the processor builds, and by the training collator.
+        the item in errors.
         """
         if item.text is not None and not isinstance(item.text, str):
             raise TypeError(f"{where}: text must be a string or None, got {type(item.text).__name__}.")
@@ -344,7 +352,7 @@ class RimeProcessor(Qwen2VLProcessor):
         loaded = [load_image(image, where=where) for image in [*media, *item.images]]
         if not item.text and not loaded:
             raise ValueError(f"{where}: empty input (no text, image or video).")
-        return self.render_prompt(item.text, len(loaded), mode, instruction), loaded
+        return loaded
 
     def _align_inputs(self, text, images, videos) -> tuple[list, list[list]]:
         """Pair each text with its images and video frames (frames first, then images)."""
