@@ -1,8 +1,12 @@
-"""Shared fixtures: one torch thread, tiny offline processors and models."""
+"""Shared fixtures: one torch thread, tiny offline processors and models, a two-process (torchrun) launcher."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +57,21 @@ def image():
     from transformers_rime.testing import random_image
 
     return random_image(64, 48, seed=1)
+
+
+def _run_two_processes(worker: Path, out: Path) -> None:
+    """Run `worker out` under `torchrun --nproc_per_node 2` (CPU, gloo) and fail with its stderr if it fails."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1"]
+    command += [f"--master_port={port}", str(worker), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.fixture(scope="session")
+def run_two_processes():
+    """`run_two_processes(worker, out)`: a torchrun launch of a test worker script on two CPU processes."""
+    return _run_two_processes

@@ -12,7 +12,7 @@ from transformers_rime.testing import synthetic_pairs, tiny_rime_model, tiny_rim
 pytest.importorskip("trl", reason="Refine-RL needs the rl extra")  # installed by the dev extra, so CI runs these
 
 from transformers_rime.training import RimeRefineRLConfig, RimeRefineRLTrainer  # noqa: E402
-from transformers_rime.training.rollouts import PairedRepeatSampler, gen_embedding_ids  # noqa: E402
+from transformers_rime.training.rollouts import PairedRepeatSampler, gen_embedding_ids, item_fingerprint  # noqa: E402
 from transformers_rime.training.trainer_refine_rl import check_trl_version  # noqa: E402
 
 
@@ -80,6 +80,21 @@ def test_gen_embedding_ids_append_gen_emb_to_unfinished_rollouts():
     assert gen_embedding_ids([1], [], gen_emb_id=9, end_ids=[0]) == ([1, 9], False)
 
 
+def test_item_fingerprint_compares_content_not_identity():
+    from PIL import Image
+
+    from transformers_rime.models.rime.inputs_rime import RimeInput
+
+    def item(rgb, text="a red car", **kwargs):
+        return RimeInput(text=text, images=[Image.new("RGB", (8, 8), rgb)], **kwargs)
+
+    assert item_fingerprint(item((255, 0, 0))) == item_fingerprint(item((255, 0, 0)))  # two equal images
+    assert item_fingerprint(item((255, 0, 0))) != item_fingerprint(item((254, 0, 0)))
+    assert item_fingerprint(item((255, 0, 0))) != item_fingerprint(item((255, 0, 0), text="a red cat"))
+    assert item_fingerprint(RimeInput(images=["a.png"])) != item_fingerprint(RimeInput(images=["b.png"]))
+    assert item_fingerprint(RimeInput(text="x", video=[])) != item_fingerprint(RimeInput(text="x"))
+
+
 def test_rollout_embeddings_are_the_models_gen_embeddings(tmp_path, processor):
     """One batched forward over prompt + rollout gives what RimeForEmbedding reads for each sequence alone."""
     trainer = make_trainer(tmp_path, processor, symmetric_rollouts=True)  # text queries, image documents
@@ -96,7 +111,7 @@ def test_rollout_embeddings_are_the_models_gen_embeddings(tmp_path, processor):
     batched = trainer._rollout_embeddings(sequences)
     model = trainer.rime_model
     for row, (row_data, sequence) in enumerate(zip(rows, sequences)):
-        item, _, role = trainer._side(row_data)
+        item, _, role = trainer._rollout_item(row_data)
         alone = processor.process_inputs([item], mode="gen", role=role)
         ids = torch.tensor([sequence])
         inputs = {k: v for k, v in alone.items() if k in ("pixel_values", "image_grid_thw")}
@@ -115,7 +130,7 @@ def test_frozen_anchors_carry_no_gradient_and_stay_put_while_the_policy_moves(tm
     rows = synthetic_pairs(8, with_images=True)
     trainer = make_trainer(tmp_path, processor, rows=rows, learning_rate=1e-2, max_steps=2)
     batch = rollout_rows(trainer, 4)
-    keys, before, _ = trainer._anchor_embeddings(batch)
+    keys, before = trainer._anchor_embeddings(batch)
     again = trainer._anchor_embeddings(batch)[1]
     assert not before.requires_grad
     torch.testing.assert_close(before, again, rtol=0, atol=0)  # the same within a step
@@ -207,10 +222,35 @@ def test_paired_sampler_keeps_both_sides_of_a_pair_in_one_generation_batch():
 def test_dataset_negatives_join_the_candidate_pool(tmp_path, processor):
     rows = [dict(r, negatives=["an unrelated thing", "another one"]) for r in synthetic_pairs(4)]
     trainer = make_trainer(tmp_path, processor, rows=rows)
-    keys, anchors, roles = trainer._anchor_embeddings(rollout_rows(trainer, 2))
-    assert len(keys) == anchors.shape[0] == 2 * 3 and set(roles) == {"document"}
+    keys, anchors = trainer._anchor_embeddings(rollout_rows(trainer, 2))
+    # 2 positives + the 2 negatives both rows share, each embedded once
+    assert len(keys) == anchors.shape[0] == 4 and {role for role, _ in keys} == {"document"}
     trainer.args.use_dataset_negatives = False
     assert len(trainer._anchor_embeddings(rollout_rows(trainer, 2))[0]) == 2
+
+
+def test_a_candidate_listed_twice_never_competes_with_itself(tmp_path, processor):
+    """A row's negative that is another row's positive joins the pool once: it never splits its own reward."""
+    pairs = synthetic_pairs(4)
+    rows = [dict(r, negatives=[pairs[(i + 1) % 4]["positive"]]) for i, r in enumerate(pairs)]
+    trainer = make_trainer(tmp_path, processor, rows=rows, rewards=["anchor_retrieval"])
+    batch = [trainer._with_prompt({"pair_index": i, "side": "query"}) for i in range(4)]
+    keys, anchors = trainer._anchor_embeddings(batch)
+    assert len(keys) == len(set(keys)) == 4
+    trainer._tokenize_prompts([row["prompt"] for row in batch])
+    columns = trainer._embedding_columns(
+        batch, [[*ids, processor.gen_emb_token_id] for ids in trainer._prompt_encoding.prompt_ids]
+    )
+    positions = columns["positive_index"]
+    assert sorted(positions) == [0, 1, 2, 3]
+    for row, position in zip(batch, positions):
+        torch.testing.assert_close(columns["anchor_embeddings"][0][position], anchors[position])
+        assert keys[position] == trainer._candidate_key(row["pair_index"], "positive")
+    # a rollout whose embedding is its target's anchor: a second copy of the target would cap the reward at 1/2
+    from transformers_rime.rewards import anchor_retrieval_reward
+
+    rewards = anchor_retrieval_reward([anchors[p] for p in positions], anchors, positions, temperature=1e-3)
+    assert min(rewards) > 0.5
 
 
 def test_config_and_version_errors(tmp_path, processor):

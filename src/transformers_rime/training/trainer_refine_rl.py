@@ -19,7 +19,14 @@ from ..models.rime.processing_rime import RimeProcessor
 from ..rewards import REWARD_FUNCTIONS
 from .collator import _drop_empty
 from .configuration_refine_rl import RimeRefineRLConfig
-from .rollouts import PairedRepeatSampler, candidate_positions, gen_embedding_ids, left_pad, patch_offsets
+from .rollouts import (
+    PairedRepeatSampler,
+    candidate_positions,
+    gen_embedding_ids,
+    item_fingerprint,
+    left_pad,
+    patch_offsets,
+)
 from .trainer_contrastive import freeze_vision_tower
 
 
@@ -102,9 +109,9 @@ class RimeRefineRLTrainer(GRPOTrainer):
        log-probs) reads each rollout's gen embedding at its `<gen_emb>`, appended when the rollout did not write it
        (as at inference); the reading goes through `RimeForEmbedding.forward`, so inference, stage 1 and stage 2
        read embeddings at the same place;
-    3. one forward over the batch's candidates (every target, plus the rows' `negatives`) gives their disc
-       embeddings, the anchors: from the model as it was when RL started (`anchor_source="frozen"`) or the current
-       policy (`"online"`), computed once per batch without gradient;
+    3. one forward over the batch's candidates (every target, plus the rows' `negatives`, each distinct item once,
+       compared by content) gives their disc embeddings, the anchors: from the model as it was when RL started
+       (`anchor_source="frozen"`) or the current policy (`"online"`), computed once per batch without gradient;
     4. the reward functions (`args.rewards`, plus any `reward_funcs`) score each rollout; besides TRL's arguments
        they receive `gen_embeddings`, `anchor_embeddings`, `positive_index` and `finished` per rollout (and, with
        `symmetric_rollouts`, `partner_embeddings` / `partner_is_positive` for UME-R1's reward).
@@ -187,6 +194,7 @@ class RimeRefineRLTrainer(GRPOTrainer):
             freeze_vision_tower(model)
 
         self._pairs: list[RolloutPair] = []
+        self._candidate_keys: dict[tuple[int, str], tuple[str, str]] = {}
         train_rows = self._rollout_dataset(train_dataset, args, "train_dataset")
         eval_rows = self._rollout_dataset(eval_dataset, args, "eval_dataset") if eval_dataset is not None else None
 
@@ -319,16 +327,23 @@ class RimeRefineRLTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ rollouts
 
-    def _side(self, row: dict) -> tuple[RimeInput, str | None, str]:
-        pair = self._pairs[row["pair_index"]]
-        if row["side"] == "query":
+    def _candidate(self, pair_index: int, slot: str) -> tuple[RimeInput, str | None, str]:
+        """One item of a pair, its instruction and its role (`slot`: `"query"`, `"positive"` or `"negative k"`)."""
+        pair = self._pairs[pair_index]
+        if slot == "query":
             return pair.query, pair.query_instruction, "query"
-        return pair.positive, pair.positive_instruction, "document"
+        if slot == "positive":
+            return pair.positive, pair.positive_instruction, "document"
+        return pair.negatives[int(slot.split()[1])], pair.positive_instruction, "document"
+
+    def _rollout_item(self, row: dict) -> tuple[RimeInput, str | None, str]:
+        """The item a TRL row rolls out: its pair's query or, for a document row, its positive."""
+        return self._candidate(row["pair_index"], "query" if row["side"] == "query" else "positive")
 
     def _with_prompt(self, row: dict) -> dict:
         """A TRL row: the gen-mode conversation RimeProcessor builds for this side, and its images."""
         processor = self.processing_class
-        item, instruction, role = self._side(row)
+        item, instruction, role = self._rollout_item(row)
         where = f"pair {row['pair_index']} ({row['side']})"
         instruction = processor.instruction_for(role, instruction)
         images = processor.load_media(item, where)  # TRL renders the conversation itself
@@ -374,11 +389,10 @@ class RimeRefineRLTrainer(GRPOTrainer):
 
     def _embedding_columns(self, inputs: list[dict], sequences: list[list[int]]) -> dict[str, list]:
         gen = self._rollout_embeddings(sequences)  # (N, D)
-        keys, anchors, roles = self._anchor_embeddings(inputs)  # pool over every process
-        columns = {"gen_embeddings": list(gen), "anchor_embeddings": [], "positive_index": []}
+        keys, anchors = self._anchor_embeddings(inputs)  # pool over every process
         pools = {}
         for role in ("query", "document"):
-            members = [i for i, r in enumerate(roles) if r == role]
+            members = [i for i, key in enumerate(keys) if key[0] == role]
             pools[role] = ([keys[i] for i in members], anchors[members])
         if any(len(pool_keys) == 1 for pool_keys, _ in pools.values() if pool_keys) and not self._warned_small_pool:
             self._warned_small_pool = True
@@ -387,19 +401,16 @@ class RimeRefineRLTrainer(GRPOTrainer):
                 "raise generation_batch_size (or per_device_train_batch_size) so a generation batch holds several "
                 "prompts, or add `negatives` to the dataset."
             )
-        target_roles = ["document" if row["side"] == "query" else "query" for row in inputs]
+        targets = [self._target_key(row) for row in inputs]
         # one lookup table per pool, not one per rollout
         positions = {
-            role: iter(
-                candidate_positions(
-                    [(r["pair_index"], t) for r, t in zip(inputs, target_roles) if t == role], pool_keys
-                )
-            )
+            role: iter(candidate_positions([t for t in targets if t[0] == role], pool_keys))
             for role, (pool_keys, _) in pools.items()
-            if role in target_roles
+            if any(t[0] == role for t in targets)
         }
+        columns = {"gen_embeddings": list(gen), "anchor_embeddings": [], "positive_index": []}
         top1 = []
-        for role, embedding in zip(target_roles, gen):
+        for (role, _), embedding in zip(targets, gen):
             pool = pools[role][1]
             position = next(positions[role])
             columns["anchor_embeddings"].append(pool)
@@ -454,31 +465,40 @@ class RimeRefineRLTrainer(GRPOTrainer):
         reference = self.accelerator.unwrap_model(self.ref_model)
         return RimeForEmbedding(self.rime_model.config, vlm=reference), contextlib.nullcontext()
 
-    def _anchor_embeddings(self, inputs: list[dict]) -> tuple[list, torch.Tensor, list[str]]:
-        """Disc embeddings of the batch's candidates, without gradient: `(keys, (C, D), roles)`.
+    def _candidate_key(self, pair_index: int, slot: str) -> tuple[str, str]:
+        """`(role, content fingerprint)` of one side of a pair (`slot`: `"query"`, `"positive"`, `"negative k"`)."""
+        cached = self._candidate_keys.get((pair_index, slot))
+        if cached is None:
+            item, instruction, role = self._candidate(pair_index, slot)
+            cached = (role, item_fingerprint(item, self.processing_class.instruction_for(role, instruction)))
+            self._candidate_keys[(pair_index, slot)] = cached
+        return cached
+
+    def _target_key(self, row: dict) -> tuple[str, str]:
+        return self._candidate_key(row["pair_index"], "positive" if row["side"] == "query" else "query")
+
+    def _anchor_embeddings(self, inputs: list[dict]) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """Disc embeddings of the batch's candidates, without gradient: `(keys, (C, D))`, keys `(role, fingerprint)`.
 
         A candidate is the other side of each row's pair (a query row's positive, a document row's query) and, for
-        query rows, the pair's negatives. Each is embedded once per process, then pooled across processes.
+        query rows, the pair's negatives. Each distinct candidate is embedded once per process, then the pools of
+        all processes are merged; a candidate met twice (on two processes, or as one row's negative and another's
+        positive) is kept once, so it never competes with itself.
         """
         processor = self.processing_class
-        candidates: dict = {}
+        candidates: dict[tuple[str, str], tuple[int, str]] = {}  # key -> (pair_index, slot) of its first occurrence
         for row in inputs:
-            pair = self._pairs[row["pair_index"]]
-            if row["side"] == "query":
-                candidates.setdefault((row["pair_index"], "document"), (pair.positive, pair.positive_instruction))
-                if self.args.use_dataset_negatives:
-                    for k, negative in enumerate(pair.negatives):
-                        candidates.setdefault(
-                            (row["pair_index"], f"negative {k}"), (negative, pair.positive_instruction)
-                        )
-            else:
-                candidates.setdefault((row["pair_index"], "query"), (pair.query, pair.query_instruction))
+            slots = ["positive"] if row["side"] == "query" else ["query"]
+            if row["side"] == "query" and self.args.use_dataset_negatives:
+                slots += [f"negative {k}" for k in range(len(self._pairs[row["pair_index"]].negatives))]
+            for slot in slots:
+                candidates.setdefault(self._candidate_key(row["pair_index"], slot), (row["pair_index"], slot))
         keys = list(candidates)
         texts, images = [], []
-        for key, (item, instruction) in candidates.items():
-            role = "query" if key[1] == "query" else "document"
+        for pair_index, slot in candidates.values():
+            item, instruction, role = self._candidate(pair_index, slot)
             prompt, loaded = processor.prepare_item(
-                item, "disc", processor.instruction_for(role, instruction), f"pair {key[0]} ({key[1]})"
+                item, "disc", processor.instruction_for(role, instruction), f"pair {pair_index} ({slot})"
             )
             texts.append(prompt)
             images.extend(loaded)
@@ -490,15 +510,14 @@ class RimeRefineRLTrainer(GRPOTrainer):
         if self.args.gather_candidates_across_devices and self.accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
-            keys = gather_object(keys)
+            keys = [tuple(key) for key in gather_object(keys)]
             anchors, _ = gather_with_grad(anchors)
             first = {}
             for index, key in enumerate(keys):
-                first.setdefault(tuple(key), index)  # the same pair may sit on two processes
+                first.setdefault(key, index)
             keep = sorted(first.values())
-            keys, anchors = [tuple(keys[i]) for i in keep], anchors[keep]
-        roles = ["query" if key[1] == "query" else "document" for key in keys]
-        return keys, anchors, roles
+            keys, anchors = [keys[i] for i in keep], anchors[keep]
+        return keys, anchors
 
     def _partner_columns(self, inputs: list[dict], gen: torch.Tensor) -> dict[str, list]:
         """For UME-R1's reward: every other-side rollout of the batch (all processes) and which are positives."""
