@@ -15,7 +15,9 @@ extras = {
     "quality": ["ruff>=0.6"],
     "testing": ["pytest>=8", "pytest-timeout>=2.3"],
 }
-extras["dev"] = sorted({*extras["testing"], *extras["quality"], *extras["st"], *extras["train"], *extras["rl"]})
+extras["dev"] = sorted(
+    {*extras["testing"], *extras["quality"], *extras["st"], *extras["train"], *extras["rl"], *extras["eval"]}
+)
 
 setup(
     name="transformers_rime",

@@ -11,8 +11,9 @@ from transformers_rime.testing import synthetic_pairs, tiny_rime_model, tiny_rim
 
 pytest.importorskip("trl", reason="Refine-RL needs the rl extra")  # installed by the dev extra, so CI runs these
 
+from transformers_rime.fingerprints import item_fingerprint  # noqa: E402
 from transformers_rime.training import RimeRefineRLConfig, RimeRefineRLTrainer  # noqa: E402
-from transformers_rime.training.rollouts import PairedRepeatSampler, gen_embedding_ids, item_fingerprint  # noqa: E402
+from transformers_rime.training.rollouts import PairedRepeatSampler, gen_embedding_ids  # noqa: E402
 from transformers_rime.training.trainer_refine_rl import check_trl_version  # noqa: E402
 
 

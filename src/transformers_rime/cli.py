@@ -1,9 +1,10 @@
-"""The `rime` command: `rime demo`, `rime encode`, `rime search`, `rime export`.
+"""The `rime` command: `rime demo`, `rime encode`, `rime search`, `rime eval`, `rime export`.
 
 ```
 rime demo                                  # offline: tiny random model, both modes, all four search pairs
 rime encode --model DIR --mode gen --role query --output q.npy "a red car" photo.jpg
 rime search --model DIR --queries queries.txt --corpus corpus.txt --query-mode gen --corpus-mode disc
+rime eval --model DIR --tasks my_task/ other_tasks/ --output-dir eval-out [--query-modes gen --corpus-modes disc]
 rime export --model leafyseay/RIME-2B --output-dir rime-2b [--results results.json] [--push-to-hub user/rime-2b]
 ```
 
@@ -45,6 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--corpus-mode", choices=("disc", "gen"), default="disc")
     search.add_argument("--top-k", type=int, default=10)
 
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate on retrieval task folders in every mode pair; writes results.json and results.md",
+        description="Evaluate a RIME model on retrieval tasks, in every query-mode x corpus-mode pair. Embeddings "
+        "are cached under a fingerprint of the model and the data, so an interrupted run resumes and a changed "
+        "model never reuses old results.",
+        epilog=_task_layout(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_arguments(evaluation)
+    evaluation.add_argument(
+        "--tasks", type=Path, nargs="+", required=True, help="task folders, or folders whose subfolders are tasks"
+    )
+    evaluation.add_argument("--output-dir", type=Path, required=True)
+    evaluation.add_argument("--query-modes", nargs="+", choices=("disc", "gen"), default=["disc", "gen"])
+    evaluation.add_argument("--corpus-modes", nargs="+", choices=("disc", "gen"), default=["disc", "gen"])
+    evaluation.add_argument("--cache-dir", type=Path, help="embedding cache (default: OUTPUT_DIR/cache)")
+    evaluation.add_argument("--benchmark", help="a name for the results")
+
     export = commands.add_parser(
         "export", help="write a directory for every loader (transformers, sentence-transformers) with a model card"
     )
@@ -63,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_encode(args)
     if args.command == "export":
         return run_export(args)
+    if args.command == "eval":
+        return run_eval(args)
     return run_search(args)
 
 
@@ -92,6 +114,56 @@ def run_encode(args) -> int:
     )
     np.save(args.output, embeddings)
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
+    return 0
+
+
+def _task_layout() -> str:
+    from .evaluation import tasks
+
+    layout = tasks.__doc__.split("\n\n", 1)[1]
+    return "Task folder layout:\n\n" + layout.replace("`", "")
+
+
+def _task_folders(paths: list[Path]) -> list[Path]:
+    folders = []
+    for path in paths:
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such folder.")
+        if (path / "queries.jsonl").is_file() or (path / "corpus.jsonl").is_file():
+            folders.append(path)
+            continue
+        children = sorted(p for p in path.iterdir() if (p / "queries.jsonl").is_file())
+        if not children:
+            raise FileNotFoundError(
+                f"{path} holds no task: expected corpus.jsonl and queries.jsonl in it or in its subfolders."
+            )
+        folders.extend(children)
+    return folders
+
+
+def run_eval(args) -> int:
+    from .encoder import RimeEncoder
+    from .evaluation import evaluate, read_task
+
+    try:
+        tasks = [read_task(folder) for folder in _task_folders(args.tasks)]
+    except (FileNotFoundError, ValueError) as error:
+        print(f"rime eval: {error}", file=sys.stderr)
+        return 2
+    encoder = RimeEncoder.from_pretrained(args.model, device=args.device)
+    results = evaluate(
+        encoder,
+        tasks,
+        query_modes=tuple(args.query_modes),
+        corpus_modes=tuple(args.corpus_modes),
+        output_dir=args.output_dir,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        benchmark=args.benchmark,
+    )
+    print((args.output_dir / "results.md").read_text(encoding="utf-8"))
+    print(f"Wrote {args.output_dir / 'results.json'} ({len(results['tasks'])} tasks).")
     return 0
 
 

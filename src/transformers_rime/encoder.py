@@ -11,6 +11,7 @@ import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from tqdm.auto import tqdm
 
+from .evaluation.index import build_index
 from .export import write_sentence_transformers_files
 from .inputs import RimeInput, parse_inputs
 from .model_card import create_model_card
@@ -330,6 +331,7 @@ class RimeEncoder:
         corpus_instruction: str | None = None,
         batch_size: int = 8,
         show_progress_bar: bool | None = None,
+        index: str = "exact",
         **encode_kwargs,
     ) -> list[list[SearchHit]]:
         """Rank `corpus` for each query. Any mode pair works (Cross-Mode Alignment puts both in one space).
@@ -342,6 +344,7 @@ class RimeEncoder:
             corpus_mode: `"disc"` or `"gen"` for the corpus (ignored with `corpus_embeddings`).
             corpus_embeddings: a precomputed corpus index (`(M, D)`), e.g. from `encode_documents`.
             query_instruction / corpus_instruction: override the role instructions.
+            index: `"exact"` (torch; equal scores come back in corpus order) or `"faiss"` (the `eval` extra).
             encode_kwargs: passed to `encode` (`max_new_tokens`, ...).
 
         Returns:
@@ -355,12 +358,10 @@ class RimeEncoder:
                 list(corpus), mode=corpus_mode, instruction=corpus_instruction, **common
             )
         query_embeddings = self.encode_queries(list(queries), mode=query_mode, instruction=query_instruction, **common)
-        scores = self.similarity(torch.as_tensor(query_embeddings).cpu(), torch.as_tensor(corpus_embeddings).cpu())
-        k = min(top_k, scores.shape[1])
-        values, indices = scores.topk(k, dim=1)
+        scores, ids = build_index(corpus_embeddings, backend=index).search(query_embeddings, top_k)
         return [
-            [SearchHit(int(i), float(v)) for v, i in zip(row_values, row_indices)]
-            for row_values, row_indices in zip(values.tolist(), indices.tolist())
+            [SearchHit(int(i), float(v)) for v, i in zip(row_scores, row_ids)]
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
         ]
 
 

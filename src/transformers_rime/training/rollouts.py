@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import Sampler
-
-from ..models.rime.inputs_rime import RimeInput
 
 
 def gen_embedding_ids(
@@ -66,43 +61,6 @@ def patch_offsets(image_grid_thw: torch.LongTensor, images_per_row: Sequence[int
         image_starts.append(first + count)
         patch_starts.append(patch_starts[-1] + sum(patches[first : first + count]))
     return image_starts, patch_starts
-
-
-def item_fingerprint(item: RimeInput, instruction: str | None = None) -> str:
-    """A content hash of a candidate, so that a pool holds each distinct candidate once.
-
-    Equal text, equal images (same pixels, or the same path), equal frames and the same instruction give the same
-    fingerprint, whichever row the candidate came from. A candidate listed twice (a row's negative that is another
-    row's positive, or the same document in two pairs) would otherwise share the softmax with itself: a rollout
-    that retrieves it perfectly would score 1/2.
-
-    ```python
-    >>> item_fingerprint(RimeInput(text="a cat")) == item_fingerprint(RimeInput(text="a cat"))
-    True
-    >>> item_fingerprint(RimeInput(text="a cat")) == item_fingerprint(RimeInput(text="a cat"), "Find the image.")
-    False
-
-    ```
-    """
-    digest = hashlib.blake2b(digest_size=16)
-
-    def add(tag: bytes, data: bytes) -> None:  # length-prefixed, so fields cannot run into each other
-        digest.update(tag + len(data).to_bytes(8, "little") + data)
-
-    add(b"instruction", repr(instruction).encode())
-    add(b"text", repr(item.text).encode())
-    for image in item.images:
-        add(b"image", _media_bytes(image))
-    add(b"video", repr(item.video is not None).encode())
-    for frame in item.video or []:
-        add(b"frame", _media_bytes(frame))
-    return digest.hexdigest()
-
-
-def _media_bytes(media) -> bytes:
-    if isinstance(media, Image.Image):
-        return f"{media.mode}{media.size}".encode() + media.tobytes()
-    return b"path:" + os.fspath(media).encode()
 
 
 def candidate_positions(row_targets: Sequence, pool: Sequence) -> list[int]:

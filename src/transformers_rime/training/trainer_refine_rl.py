@@ -12,6 +12,7 @@ import torch
 from packaging.version import Version
 from transformers.utils import logging
 
+from ..fingerprints import item_fingerprint
 from ..losses.distributed import gather_with_grad
 from ..models.rime.inputs_rime import RimeInput, parse_input
 from ..models.rime.modeling_rime import RimeForEmbedding
@@ -19,14 +20,7 @@ from ..models.rime.processing_rime import RimeProcessor
 from ..rewards import REWARD_FUNCTIONS
 from .collator import _drop_empty
 from .configuration_refine_rl import RimeRefineRLConfig
-from .rollouts import (
-    PairedRepeatSampler,
-    candidate_positions,
-    gen_embedding_ids,
-    item_fingerprint,
-    left_pad,
-    patch_offsets,
-)
+from .rollouts import PairedRepeatSampler, candidate_positions, gen_embedding_ids, left_pad, patch_offsets
 from .trainer_contrastive import freeze_vision_tower
 
 

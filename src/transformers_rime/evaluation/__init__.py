@@ -1,0 +1,34 @@
+"""Evaluation: ranking metrics and nearest-neighbour search.
+
+- `metrics`: `hit_at_k`, `recall_at_k`, `mrr`, `ndcg_at_k` on score matrices (ties count against the query).
+- `index`: `build_index(embeddings, backend="exact" | "faiss")`, used by `RimeEncoder.search`.
+- `tasks`: `RetrievalTask` and the jsonl task folder format (`read_task`, `write_task`).
+- `harness`: `evaluate(encoder, tasks)`, every query-mode x corpus-mode pair, cached and resumable.
+"""
+
+from .harness import encoder_fingerprint, evaluate, write_reports
+from .index import INDEX_BACKENDS, ExactIndex, FaissIndex, build_index
+from .metrics import hit_at_k, mrr, ndcg_at_k, ranked_relevance, recall_at_k
+from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric, parse_metric, read_task, write_task
+
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "INDEX_BACKENDS",
+    "RetrievalTask",
+    "compute_metric",
+    "encoder_fingerprint",
+    "evaluate",
+    "parse_metric",
+    "read_task",
+    "write_reports",
+    "write_task",
+    "ExactIndex",
+    "FaissIndex",
+    "build_index",
+    "hit_at_k",
+    "mrr",
+    "ndcg_at_k",
+    "ranked_relevance",
+    "recall_at_k",
+]

@@ -1,0 +1,255 @@
+"""The evaluation harness: every task in every query-mode x corpus-mode pair, cached, resumable, reported.
+
+```python
+>>> from transformers_rime import RimeEncoder
+>>> from transformers_rime.evaluation import RetrievalTask, evaluate
+>>> from transformers_rime.testing import tiny_rime_model, tiny_rime_processor
+>>> processor = tiny_rime_processor()
+>>> encoder = RimeEncoder(tiny_rime_model(processor=processor), processor)
+>>> task = RetrievalTask("toy", queries=["red car", "black cat"], corpus=["a red car", "a black cat", "a dog"],
+...                      relevance=[{0: 1}, {1: 1}])
+>>> results = evaluate(encoder, [task], max_new_tokens=4, show_progress_bar=False)
+>>> sorted(results["scores"]["toy"])
+['disc->disc', 'disc->gen', 'gen->disc', 'gen->gen']
+
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from ..fingerprints import model_fingerprint
+from ..model_card import results_table
+from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric
+
+
+logger = logging.get_logger(__name__)
+
+MODES = ("disc", "gen")
+
+
+def encoder_fingerprint(encoder, max_new_tokens: int | None = None) -> str:
+    """A hash of the encoder's weights, its processor's configuration and the rewrite budget."""
+    processor = encoder.processor.to_json_string() if hasattr(encoder.processor, "to_json_string") else ""
+    return model_fingerprint(encoder.model, processor, f"max_new_tokens={max_new_tokens}")
+
+
+def evaluate(
+    encoder,
+    tasks: list[RetrievalTask],
+    query_modes: tuple[str, ...] = MODES,
+    corpus_modes: tuple[str, ...] = MODES,
+    output_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    benchmark: str | None = None,
+    show_progress_bar: bool | None = None,
+) -> dict:
+    """Evaluate `encoder` (a [`RimeEncoder`]) on `tasks` in every query-mode x corpus-mode pair.
+
+    Each side of a task is embedded once per mode; the embeddings are cached on disk (in `cache_dir`, by default
+    `output_dir/cache`) under a fingerprint of the model weights, the processor configuration, the rewrite budget and
+    the side's items, so a changed model or task never reuses old embeddings and an interrupted run restarts where
+    it stopped. Each finished task is also written to `output_dir/tasks/{name}.json` and reused on the next run
+    when both fingerprints match.
+
+    Args:
+        encoder: the [`RimeEncoder`] to evaluate.
+        tasks: [`RetrievalTask`]s (see `read_task`).
+        query_modes / corpus_modes: the modes to run on each side (`"disc"`, `"gen"`).
+        output_dir: where to write `results.json`, `results.md` and the per-task results (nothing written if `None`).
+        cache_dir: where to cache embeddings (default `output_dir/cache`; no cache without either).
+        batch_size: items per forward (gen mode: per generate call).
+        max_new_tokens: the rewrite budget in gen mode (default: the model config's).
+        metrics: metrics computed for every pair, besides each task's main metric.
+        benchmark: a name for the results (shown in reports and model cards).
+
+    Returns:
+        The results: `{"benchmark", "metric", "scores": {task or aggregate: {"gen->disc": main metric, ...}},
+        "tasks": {name: {"metric", "scores", "metrics", "items_per_second", "generated_tokens_per_item", ...}},
+        "model_fingerprint", "versions", "dtype", "max_pixels"}`, the shape model cards read.
+    """
+    for name, modes in (("query_modes", query_modes), ("corpus_modes", corpus_modes)):
+        if not modes or set(modes) - set(MODES):
+            raise ValueError(f"{name} must be a non-empty subset of {MODES}, got {modes}.")
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Task names must be unique, got {names}.")
+    output_dir = Path(output_dir) if output_dir is not None else None
+    cache_dir = Path(cache_dir) if cache_dir is not None else output_dir / "cache" if output_dir else None
+    fingerprint = encoder_fingerprint(encoder, max_new_tokens)
+    settings = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress_bar=show_progress_bar)
+    per_task = {}
+    for task in tqdm(tasks, desc="Tasks", disable=show_progress_bar is False or len(tasks) < 2):
+        task_fingerprint = task.fingerprint()
+        done = output_dir / "tasks" / f"{task.name}.json" if output_dir else None
+        if done is not None and done.is_file():
+            previous = json.loads(done.read_text(encoding="utf-8"))
+            wanted = {f"{q}->{c}" for q in query_modes for c in corpus_modes}
+            if (
+                previous.get("model_fingerprint") == fingerprint
+                and previous.get("task_fingerprint") == task_fingerprint
+                and wanted <= set(previous["scores"])
+            ):
+                logger.info(f"{task.name}: reusing {done} (same model and task).")
+                per_task[task.name] = previous
+                continue
+        embeddings, timings = {}, {}
+        for side, modes in (("queries", query_modes), ("corpus", corpus_modes)):
+            for mode in modes:
+                embeddings[side, mode], timings[side, mode] = _side_embeddings(
+                    encoder, task, side, mode, cache_dir, fingerprint, settings
+                )
+        per_task[task.name] = _score_task(task, embeddings, timings, query_modes, corpus_modes, metrics)
+        per_task[task.name].update(model_fingerprint=fingerprint, task_fingerprint=task_fingerprint)
+        if done is not None:
+            _write_json(done, per_task[task.name])
+    results = _aggregate(per_task, tasks, benchmark)
+    results.update(_environment(encoder, fingerprint))
+    if output_dir is not None:
+        write_reports(results, output_dir)
+    return results
+
+
+def _side_embeddings(encoder, task, side, mode, cache_dir, fingerprint, settings) -> tuple[np.ndarray, dict]:
+    """One side's embeddings in one mode, `(N, D)` float32, and its timing; read from or written to the cache."""
+    key = f"{task.side_fingerprint(side)}-{mode}"
+    folder = cache_dir / fingerprint if cache_dir is not None else None
+    if folder is not None and (folder / f"{key}.npy").is_file() and (folder / f"{key}.json").is_file():
+        return np.load(folder / f"{key}.npy"), json.loads((folder / f"{key}.json").read_text())
+    items = task.queries if side == "queries" else task.corpus
+    role, instruction = (
+        ("query", task.query_instruction) if side == "queries" else ("document", task.corpus_instruction)
+    )
+    start = time.perf_counter()
+    tokens = None
+    if mode == "gen":
+        generations = encoder.generate(items, role=role, instruction=instruction, **settings)
+        embeddings = np.stack([g.embedding for g in generations]).astype(np.float32)
+        tokens = float(np.mean([g.num_new_tokens for g in generations]))
+    else:
+        kwargs = {k: v for k, v in settings.items() if k != "max_new_tokens"}
+        embeddings = encoder.encode(items, mode="disc", role=role, instruction=instruction, **kwargs).astype(
+            np.float32
+        )
+    seconds = time.perf_counter() - start
+    timing = {"items": len(items), "seconds": seconds, "generated_tokens_per_item": tokens}
+    if folder is not None:  # written whole, then renamed: an interruption never leaves half a file
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{key}.tmp.npy", "wb") as f:
+            np.save(f, embeddings)
+        os.replace(folder / f"{key}.tmp.npy", folder / f"{key}.npy")
+        _write_json(folder / f"{key}.json", timing)
+    return embeddings, timing
+
+
+def _score_task(task, embeddings, timings, query_modes, corpus_modes, metrics) -> dict:
+    relevance = task.relevance_matrix()
+    names = list(dict.fromkeys([task.metric, *metrics]))
+    result = {"metric": task.metric, "group": task.group, "scores": {}, "metrics": {}}
+    for query_mode in query_modes:
+        for corpus_mode in corpus_modes:
+            pair = f"{query_mode}->{corpus_mode}"
+            queries = torch.from_numpy(embeddings["queries", query_mode])
+            corpus = torch.from_numpy(embeddings["corpus", corpus_mode])
+            scores = task.mask_pools((queries @ corpus.T).numpy().astype(np.float64))
+            values = {name: compute_metric(name, scores, relevance) for name in names}
+            result["scores"][pair] = values[task.metric]
+            result["metrics"][pair] = values
+    result["items_per_second"] = {
+        f"{side}/{mode}": timing["items"] / timing["seconds"] if timing["seconds"] > 0 else None
+        for (side, mode), timing in timings.items()
+    }
+    result["generated_tokens_per_item"] = {
+        f"{side}/{mode}": timing["generated_tokens_per_item"]
+        for (side, mode), timing in timings.items()
+        if mode == "gen"
+    }
+    return result
+
+
+def _aggregate(per_task: dict, tasks: list[RetrievalTask], benchmark: str | None) -> dict:
+    """Per-task main scores, plus means over every task (`overall`) and over each group (`group: ...`)."""
+    scores = {name: dict(result["scores"]) for name, result in per_task.items()}
+    rows = {}
+    if len(tasks) > 1:
+        groups = {}
+        for task in tasks:
+            if task.group:
+                groups.setdefault(f"group: {task.group}", []).append(task.name)
+        rows["overall"] = [task.name for task in tasks]
+        rows.update(groups)
+    for row, members in rows.items():
+        pairs = set.intersection(*(set(scores[m]) for m in members))
+        scores[row] = {pair: float(np.mean([scores[m][pair] for m in members])) for pair in sorted(pairs)}
+    metrics = sorted({result["metric"] for result in per_task.values()})
+    return {
+        "benchmark": benchmark,
+        "metric": metrics[0] if len(metrics) == 1 else "main metric of each task",
+        "scores": scores,
+        "tasks": per_task,
+    }
+
+
+def _environment(encoder, fingerprint: str) -> dict:
+    import transformers
+
+    from .. import __version__
+
+    image_processor = getattr(encoder.processor, "image_processor", None)
+    size = getattr(image_processor, "size", None) or {}
+    return {
+        "model_fingerprint": fingerprint,
+        "dtype": str(encoder.model.dtype).replace("torch.", ""),
+        "max_pixels": size.get("longest_edge") or getattr(image_processor, "max_pixels", None),
+        "versions": {
+            "transformers_rime": __version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        },
+    }
+
+
+def write_reports(results: dict, output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write `results.json` and `results.md` (the mode-pair table, then throughput per task) to `output_dir`."""
+    output_dir = Path(output_dir)
+    json_path = _write_json(output_dir / "results.json", results)
+    lines = [f"# {results.get('benchmark') or 'Evaluation'}", "", f"Metric: {results['metric']}.", ""]
+    lines += [
+        results_table(results),
+        "",
+        "| task | side/mode | items/s | generated tokens/item |",
+        "|---|---|---|---|",
+    ]
+    for name, task in results["tasks"].items():
+        for key, speed in task["items_per_second"].items():
+            tokens = task["generated_tokens_per_item"].get(key)
+            lines.append(
+                f"| {name} | {key} | {'' if speed is None else f'{speed:.2f}'} | "
+                f"{'' if tokens is None else f'{tokens:.1f}'} |"
+            )
+    markdown_path = output_dir / "results.md"
+    markdown_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return json_path, markdown_path
+
+
+def _write_json(path: Path, value: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+__all__ = ["evaluate", "encoder_fingerprint", "write_reports"]
