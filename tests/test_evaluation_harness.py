@@ -81,9 +81,11 @@ def test_rime_eval_writes_json_and_markdown_with_all_four_mode_pairs(tmp_path, e
     assert results["benchmark"] == "toy" and results["model_fingerprint"] and results["versions"]["transformers"]
     overall = np.mean([results["scores"][t]["gen->disc"] for t in ("colors", "shapes")])
     assert results["scores"]["overall"]["gen->disc"] == pytest.approx(overall)
+    with Image.open(tmp_path / "out" / "results.png") as plot:
+        assert plot.width > 400 and plot.height > 200  # four panels: 2 tasks, overall, the image group
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "gen->disc" in markdown and "| shapes |" in markdown
-    assert "results.json" in capsys.readouterr().out
+    assert "results.json, results.md and results.png" in capsys.readouterr().out
     # the model-card generator reads the same file
     from transformers_rime.model_card import load_results
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluation = commands.add_parser(
         "eval",
-        help="evaluate on retrieval task folders in every mode pair; writes results.json and results.md",
+        help="evaluate on retrieval task folders in every mode pair; writes results.json, .md and .png",
         description="Evaluate a RIME model on retrieval tasks, in every query-mode x corpus-mode pair. Embeddings "
         "are cached under a fingerprint of the model and the data, so an interrupted run resumes and a changed "
         "model never reuses old results.",
@@ -163,7 +163,7 @@ def run_eval(args) -> int:
         benchmark=args.benchmark,
     )
     print((args.output_dir / "results.md").read_text(encoding="utf-8"))
-    print(f"Wrote {args.output_dir / 'results.json'} ({len(results['tasks'])} tasks).")
+    print(f"Wrote results.json, results.md and results.png to {args.output_dir} ({len(results['tasks'])} tasks).")
     return 0
 
 

@@ -1,25 +1,30 @@
-"""Evaluation: ranking metrics and nearest-neighbour search.
+"""Evaluation: metrics, search, tasks, the four-mode harness, reports and the MMEB-V2 manifest.
 
 - `metrics`: `hit_at_k`, `recall_at_k`, `mrr`, `ndcg_at_k` on score matrices (ties count against the query).
 - `index`: `build_index(embeddings, backend="exact" | "faiss")`, used by `RimeEncoder.search`.
 - `tasks`: `RetrievalTask` and the jsonl task folder format (`read_task`, `write_task`).
-- `harness`: `evaluate(encoder, tasks)`, every query-mode x corpus-mode pair, cached and resumable.
+- `harness`: `evaluate(encoder, tasks)`, every query-mode x corpus-mode pair, cached and resumable; `plot`: the PNG.
+- `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`).
 """
 
 from .harness import encoder_fingerprint, evaluate, write_reports
 from .index import INDEX_BACKENDS, ExactIndex, FaissIndex, build_index
 from .metrics import hit_at_k, mrr, ndcg_at_k, ranked_relevance, recall_at_k
+from .mmeb import MMEB_V2_TASKS, mmeb_v2_scores
+from .plot import plot_results
 from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric, parse_metric, read_task, write_task
 
 
 __all__ = [
     "DEFAULT_METRICS",
     "INDEX_BACKENDS",
+    "MMEB_V2_TASKS",
     "RetrievalTask",
     "compute_metric",
     "encoder_fingerprint",
     "evaluate",
     "parse_metric",
+    "plot_results",
     "read_task",
     "write_reports",
     "write_task",
@@ -27,6 +32,7 @@ __all__ = [
     "FaissIndex",
     "build_index",
     "hit_at_k",
+    "mmeb_v2_scores",
     "mrr",
     "ndcg_at_k",
     "ranked_relevance",

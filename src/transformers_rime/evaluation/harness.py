@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from ..fingerprints import model_fingerprint
 from ..model_card import results_table
+from .plot import plot_results
 from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric
 
 
@@ -68,7 +69,8 @@ def evaluate(
         encoder: the [`RimeEncoder`] to evaluate.
         tasks: [`RetrievalTask`]s (see `read_task`).
         query_modes / corpus_modes: the modes to run on each side (`"disc"`, `"gen"`).
-        output_dir: where to write `results.json`, `results.md` and the per-task results (nothing written if `None`).
+        output_dir: where to write `results.json`, `results.md`, `results.png` and the per-task results (nothing
+            written if `None`).
         cache_dir: where to cache embeddings (default `output_dir/cache`; no cache without either).
         batch_size: items per forward (gen mode: per generate call).
         max_new_tokens: the rewrite budget in gen mode (default: the model config's).
@@ -221,8 +223,9 @@ def _environment(encoder, fingerprint: str) -> dict:
     }
 
 
-def write_reports(results: dict, output_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write `results.json` and `results.md` (the mode-pair table, then throughput per task) to `output_dir`."""
+def write_reports(results: dict, output_dir: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """Write `results.json`, `results.md` (the mode-pair table, then throughput per task) and `results.png` (one
+    mode matrix per row) to `output_dir`."""
     output_dir = Path(output_dir)
     json_path = _write_json(output_dir / "results.json", results)
     lines = [f"# {results.get('benchmark') or 'Evaluation'}", "", f"Metric: {results['metric']}.", ""]
@@ -241,7 +244,7 @@ def write_reports(results: dict, output_dir: str | os.PathLike) -> tuple[Path, P
             )
     markdown_path = output_dir / "results.md"
     markdown_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return json_path, markdown_path
+    return json_path, markdown_path, plot_results(results, output_dir / "results.png")
 
 
 def _write_json(path: Path, value: dict) -> Path:
