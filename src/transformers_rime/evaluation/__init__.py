@@ -5,12 +5,14 @@
 - `tasks`: `RetrievalTask` and the jsonl task folder format (`read_task`, `write_task`).
 - `harness`: `evaluate(encoder, tasks)`, every query-mode x corpus-mode pair, cached and resumable; `plot`: the PNG.
 - `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`).
+- `mteb`: `RimeMtebEncoder`, so that mteb can evaluate a `RimeEncoder` (mteb is not a dependency).
 """
 
 from .harness import encoder_fingerprint, evaluate, write_reports
 from .index import INDEX_BACKENDS, ExactIndex, FaissIndex, build_index
 from .metrics import hit_at_k, mrr, ndcg_at_k, ranked_relevance, recall_at_k
 from .mmeb import MMEB_V2_TASKS, mmeb_v2_scores
+from .mteb import RimeMtebEncoder
 from .plot import plot_results
 from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric, parse_metric, read_task, write_task
 
@@ -20,6 +22,7 @@ __all__ = [
     "INDEX_BACKENDS",
     "MMEB_V2_TASKS",
     "RetrievalTask",
+    "RimeMtebEncoder",
     "compute_metric",
     "encoder_fingerprint",
     "evaluate",
