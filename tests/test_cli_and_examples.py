@@ -86,6 +86,18 @@ def test_encode_example_runs_offline():
     assert "gen->disc" in result.stdout and "corpus index: (4, 64)" in result.stdout
 
 
+def test_evaluate_example_runs_offline_and_reuses_finished_tasks(tmp_path):
+    command = [sys.executable, str(ROOT / "examples" / "evaluate.py"), "--output-dir", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["scores"]["demo-text"]) == {"disc->disc", "disc->gen", "gen->disc", "gen->gen"}
+    assert (tmp_path / "results.png").is_file() and "| demo-text |" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert json.loads((tmp_path / "results.json").read_text())["scores"] == results["scores"]
+
+
 def test_export_example_loads_the_export_with_every_loader(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "export.py"), "--output-dir", str(tmp_path / "export")],
