@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -150,7 +151,13 @@ def run_eval(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"rime eval: {error}", file=sys.stderr)
         return 2
-    encoder = RimeEncoder.from_pretrained(args.model, device=args.device)
+    device, main_process = args.device, True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun / accelerate launch: one device per process
+        from accelerate import PartialState
+
+        state = PartialState()
+        device, main_process = device or str(state.device), state.is_main_process
+    encoder = RimeEncoder.from_pretrained(args.model, device=device)
     results = evaluate(
         encoder,
         tasks,
@@ -162,8 +169,9 @@ def run_eval(args) -> int:
         max_new_tokens=args.max_new_tokens,
         benchmark=args.benchmark,
     )
-    print((args.output_dir / "results.md").read_text(encoding="utf-8"))
-    print(f"Wrote results.json, results.md and results.png to {args.output_dir} ({len(results['tasks'])} tasks).")
+    if main_process:
+        print((args.output_dir / "results.md").read_text(encoding="utf-8"))
+        print(f"Wrote results.json, results.md and results.png to {args.output_dir} ({len(results['tasks'])} tasks).")
     return 0
 
 

@@ -65,6 +65,10 @@ def evaluate(
     it stopped. Each finished task is also written to `output_dir/tasks/{name}.json` and reused on the next run
     when both fingerprints match.
 
+    Under `torchrun` or `accelerate launch` (an initialised process group), each process embeds a contiguous shard
+    of every side and the shards are gathered, so every process gets the same results; the first one writes the
+    files. Give each process its own device (e.g. `RimeEncoder.from_pretrained(path, device=PartialState().device)`).
+
     Args:
         encoder: the [`RimeEncoder`] to evaluate.
         tasks: [`RetrievalTask`]s (see `read_task`).
@@ -115,12 +119,14 @@ def evaluate(
                 )
         per_task[task.name] = _score_task(task, embeddings, timings, query_modes, corpus_modes, metrics)
         per_task[task.name].update(model_fingerprint=fingerprint, task_fingerprint=task_fingerprint)
-        if done is not None:
+        if done is not None and _process()[0] == 0:
             _write_json(done, per_task[task.name])
     results = _aggregate(per_task, tasks, benchmark)
     results.update(_environment(encoder, fingerprint))
-    if output_dir is not None:
+    if output_dir is not None and _process()[0] == 0:
         write_reports(results, output_dir)
+    if _process()[1] > 1:
+        torch.distributed.barrier()  # the files are written before any process moves on
     return results
 
 
@@ -134,26 +140,47 @@ def _side_embeddings(encoder, task, side, mode, cache_dir, fingerprint, settings
     role, instruction = (
         ("query", task.query_instruction) if side == "queries" else ("document", task.corpus_instruction)
     )
+    rank, world_size = _process()
+    shard = np.array_split(np.arange(len(items)), world_size)[rank]  # contiguous, so gathering keeps the order
     start = time.perf_counter()
-    tokens = None
-    if mode == "gen":
-        generations = encoder.generate(items, role=role, instruction=instruction, **settings)
-        embeddings = np.stack([g.embedding for g in generations]).astype(np.float32)
-        tokens = float(np.mean([g.num_new_tokens for g in generations]))
-    else:
-        kwargs = {k: v for k, v in settings.items() if k != "max_new_tokens"}
-        embeddings = encoder.encode(items, mode="disc", role=role, instruction=instruction, **kwargs).astype(
-            np.float32
-        )
+    embeddings, tokens = _encode(encoder, [items[i] for i in shard], mode, role, instruction, settings)
     seconds = time.perf_counter() - start
-    timing = {"items": len(items), "seconds": seconds, "generated_tokens_per_item": tokens}
-    if folder is not None:  # written whole, then renamed: an interruption never leaves half a file
+    if world_size > 1:
+        parts = [None] * world_size
+        torch.distributed.all_gather_object(parts, (embeddings, tokens, seconds))
+        embeddings = np.concatenate([part[0] for part in parts])
+        tokens = [count for part in parts for count in part[1]]
+        seconds = max(part[2] for part in parts)  # the processes run side by side
+    timing = {
+        "items": len(items),
+        "seconds": seconds,
+        "generated_tokens_per_item": float(np.mean(tokens)) if mode == "gen" else None,
+    }
+    if folder is not None and rank == 0:  # written whole, then renamed: an interruption never leaves half a file
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / f"{key}.tmp.npy", "wb") as f:
             np.save(f, embeddings)
         os.replace(folder / f"{key}.tmp.npy", folder / f"{key}.npy")
         _write_json(folder / f"{key}.json", timing)
     return embeddings, timing
+
+
+def _encode(encoder, items, mode, role, instruction, settings) -> tuple[np.ndarray, list[int]]:
+    """Embeddings `(N, D)` float32 and, in gen mode, the generated tokens of each item."""
+    if not items:  # a process left without items (more processes than items)
+        return np.zeros((0, encoder.embedding_dim), np.float32), []
+    if mode == "gen":
+        generations = encoder.generate(items, role=role, instruction=instruction, **settings)
+        return np.stack([g.embedding for g in generations]).astype(np.float32), [g.num_new_tokens for g in generations]
+    kwargs = {k: v for k, v in settings.items() if k != "max_new_tokens"}
+    return encoder.encode(items, mode="disc", role=role, instruction=instruction, **kwargs).astype(np.float32), []
+
+
+def _process() -> tuple[int, int]:
+    """This process's rank and the number of processes (1 outside `torchrun` / `accelerate launch`)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _score_task(task, embeddings, timings, query_modes, corpus_modes, metrics) -> dict:

@@ -61,7 +61,9 @@ class RimeMtebEncoder:
         from ..encoder import RimeEncoder
 
         self.encoder = model if isinstance(model, RimeEncoder) else RimeEncoder.from_pretrained(model, device=device)
-        self.model_name = model if isinstance(model, str) else getattr(self.encoder.model, "name_or_path", "") or "rime"
+        self.model_name = (
+            model if isinstance(model, str) else getattr(self.encoder.model, "name_or_path", "") or "rime"
+        )
         self.revision = revision
         self.modes = {"query": query_mode, "document": document_mode}
         self.batch_size = batch_size
