@@ -98,7 +98,8 @@ def evaluate(
     settings = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress_bar=show_progress_bar)
     per_task = {}
     for task in tqdm(tasks, desc="Tasks", disable=show_progress_bar is False or len(tasks) < 2):
-        task_fingerprint = task.fingerprint()
+        sides = {side: task.side_fingerprint(side) for side in ("queries", "corpus")}  # hashes every item once
+        task_fingerprint = task.fingerprint(sides)
         done = output_dir / "tasks" / f"{task.name}.json" if output_dir else None
         if done is not None and done.is_file():
             previous = json.loads(done.read_text(encoding="utf-8"))
@@ -115,7 +116,12 @@ def evaluate(
         for side, modes in (("queries", query_modes), ("corpus", corpus_modes)):
             for mode in modes:
                 embeddings[side, mode], timings[side, mode] = _side_embeddings(
-                    encoder, task, side, mode, cache_dir, fingerprint, settings
+                    encoder,
+                    task,
+                    side,
+                    mode,
+                    cache_dir / fingerprint / f"{sides[side]}-{mode}" if cache_dir else None,
+                    settings,
                 )
         per_task[task.name] = _score_task(task, embeddings, timings, query_modes, corpus_modes, metrics)
         per_task[task.name].update(model_fingerprint=fingerprint, task_fingerprint=task_fingerprint)
@@ -130,12 +136,14 @@ def evaluate(
     return results
 
 
-def _side_embeddings(encoder, task, side, mode, cache_dir, fingerprint, settings) -> tuple[np.ndarray, dict]:
-    """One side's embeddings in one mode, `(N, D)` float32, and its timing; read from or written to the cache."""
-    key = f"{task.side_fingerprint(side)}-{mode}"
-    folder = cache_dir / fingerprint if cache_dir is not None else None
-    if folder is not None and (folder / f"{key}.npy").is_file() and (folder / f"{key}.json").is_file():
-        return np.load(folder / f"{key}.npy"), json.loads((folder / f"{key}.json").read_text())
+def _side_embeddings(encoder, task, side, mode, cache_path: Path | None, settings) -> tuple[np.ndarray, dict]:
+    """One side's embeddings in one mode, `(N, D)` float32, and its timing; read from or written to `cache_path`
+    (`.npy` + `.json`, named by the model's and the side's fingerprints)."""
+    embeddings_file, timing_file = (
+        (cache_path.with_suffix(".npy"), cache_path.with_suffix(".json")) if cache_path else (None, None)
+    )
+    if cache_path is not None and embeddings_file.is_file() and timing_file.is_file():
+        return np.load(embeddings_file), json.loads(timing_file.read_text())
     items = task.queries if side == "queries" else task.corpus
     role, instruction = (
         ("query", task.query_instruction) if side == "queries" else ("document", task.corpus_instruction)
@@ -156,12 +164,13 @@ def _side_embeddings(encoder, task, side, mode, cache_dir, fingerprint, settings
         "seconds": seconds,
         "generated_tokens_per_item": float(np.mean(tokens)) if mode == "gen" else None,
     }
-    if folder is not None and rank == 0:  # written whole, then renamed: an interruption never leaves half a file
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{key}.tmp.npy", "wb") as f:
+    if cache_path is not None and rank == 0:  # written whole, then renamed: an interruption never leaves half a file
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_path.with_suffix(".tmp.npy")
+        with open(partial, "wb") as f:
             np.save(f, embeddings)
-        os.replace(folder / f"{key}.tmp.npy", folder / f"{key}.npy")
-        _write_json(folder / f"{key}.json", timing)
+        os.replace(partial, embeddings_file)
+        _write_json(timing_file, timing)
     return embeddings, timing
 
 
@@ -220,8 +229,7 @@ def _aggregate(per_task: dict, tasks: list[RetrievalTask], benchmark: str | None
         rows["overall"] = [task.name for task in tasks]
         rows.update(groups)
     for row, members in rows.items():
-        pairs = set.intersection(*(set(scores[m]) for m in members))
-        scores[row] = {pair: float(np.mean([scores[m][pair] for m in members])) for pair in sorted(pairs)}
+        scores[row] = mean_by_pair([scores[m] for m in members])
     metrics = sorted({result["metric"] for result in per_task.values()})
     return {
         "benchmark": benchmark,
@@ -229,6 +237,12 @@ def _aggregate(per_task: dict, tasks: list[RetrievalTask], benchmark: str | None
         "scores": scores,
         "tasks": per_task,
     }
+
+
+def mean_by_pair(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of several `{mode pair: score}` rows, over the pairs every row has."""
+    pairs = sorted(set.intersection(*(set(row) for row in rows)))
+    return {pair: float(np.mean([row[pair] for row in rows])) for pair in pairs}
 
 
 def _environment(encoder, fingerprint: str) -> dict:

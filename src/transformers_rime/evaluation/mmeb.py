@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from .harness import mean_by_pair
 
 
 MMEB_V2_MANIFEST_VERSION = "VLM2Vec@6e1e1d4 (2026-01-27)"
@@ -145,12 +145,7 @@ def mmeb_v2_scores(task_scores: dict[str, dict[str, float]]) -> dict[str, dict[s
     complete = len(task_scores) == len(MMEB_V2_TASKS)
     overall = "overall" if complete else f"overall ({len(task_scores)}/{len(MMEB_V2_TASKS)} tasks)"
     rows = {overall: list(task_scores), **{group: groups[group] for group in sorted(groups)}}
-    return {row: _mean_by_pair([task_scores[name] for name in members]) for row, members in rows.items()}
-
-
-def _mean_by_pair(rows: list[dict[str, float]]) -> dict[str, float]:
-    pairs = sorted(set.intersection(*(set(row) for row in rows)))
-    return {pair: float(np.mean([row[pair] for row in rows])) for pair in pairs}
+    return {row: mean_by_pair([task_scores[name] for name in members]) for row, members in rows.items()}
 
 
 __all__ = [

@@ -85,16 +85,12 @@ class RimeMtebEncoder:
     @staticmethod
     def similarity(embeddings1, embeddings2) -> torch.Tensor:
         """Cosine similarity matrix `(N, M)`."""
-        a = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings1), dtype=torch.float32), dim=-1)
-        b = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings2), dtype=torch.float32), dim=-1)
-        return a @ b.T
+        return _unit(embeddings1) @ _unit(embeddings2).T
 
     @staticmethod
     def similarity_pairwise(embeddings1, embeddings2) -> torch.Tensor:
         """Cosine similarity of each row with the same row of the other set, `(N,)`."""
-        a = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings1), dtype=torch.float32), dim=-1)
-        b = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings2), dtype=torch.float32), dim=-1)
-        return (a * b).sum(dim=-1)
+        return (_unit(embeddings1) * _unit(embeddings2)).sum(dim=-1)
 
     @property
     def mteb_model_meta(self):
@@ -122,6 +118,10 @@ class RimeMtebEncoder:
             training_datasets=None,
             modalities=["image", "text", "video"],
         )
+
+
+def _unit(embeddings) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings), dtype=torch.float32), dim=-1)
 
 
 def _role(prompt_type) -> str:

@@ -93,10 +93,13 @@ class RetrievalTask:
             masked[q, pool] = scores[q, pool]
         return masked
 
-    def fingerprint(self) -> str:
-        """A hash of everything that decides the task's scores: items, relevance, pools, instructions, metric."""
-        header = [self.metric, self.relevance, self.pools, self.side_fingerprint("queries")]
-        header.append(self.side_fingerprint("corpus"))
+    def fingerprint(self, side_fingerprints: dict[str, str] | None = None) -> str:
+        """A hash of everything that decides the task's scores: items, relevance, pools, instructions, metric.
+
+        `side_fingerprints` (`{"queries": ..., "corpus": ...}`, from `side_fingerprint`) saves hashing the items again.
+        """
+        sides = side_fingerprints or {side: self.side_fingerprint(side) for side in ("queries", "corpus")}
+        header = [self.metric, self.relevance, self.pools, sides["queries"], sides["corpus"]]
         return hashlib.blake2b(json.dumps(header, default=str).encode(), digest_size=16).hexdigest()
 
     def side_fingerprint(self, side: str) -> str:
