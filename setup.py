@@ -10,7 +10,7 @@ extras = {
     "st": ["sentence-transformers>=6.0.1,<7"],
     "train": ["peft>=0.17", "accelerate>=1.10.1", "datasets>=4.7.0"],
     "rl": ["trl>=1.16.0,<1.17"],
-    "eval": ["faiss-cpu>=1.8"],
+    "eval": ["faiss-cpu>=1.8", "pyarrow>=15"],
     "flash": ["flash-attn>=2.6"],
     "quality": ["ruff>=0.6"],
     "testing": ["pytest>=8", "pytest-timeout>=2.3"],

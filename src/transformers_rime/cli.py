@@ -5,6 +5,7 @@ rime demo                                  # offline: tiny random model, both mo
 rime encode --model DIR --mode gen --role query --output q.npy "a red car" photo.jpg
 rime search --model DIR --queries queries.txt --corpus corpus.txt --query-mode gen --corpus-mode disc
 rime eval --model DIR --tasks my_task/ other_tasks/ --output-dir eval-out [--query-modes gen --corpus-modes disc]
+rime eval --model DIR --mmeb-v2 /data/MMEB-V2 --mmeb-tasks MSCOCO_t2i ViDoRe_docvqa --output-dir mmeb-out
 rime export --model leafyseay/RIME-2B --output-dir rime-2b [--results results.json] [--push-to-hub user/rime-2b]
 ```
 
@@ -58,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_model_arguments(evaluation)
     evaluation.add_argument(
-        "--tasks", type=Path, nargs="+", required=True, help="task folders, or folders whose subfolders are tasks"
+        "--tasks", type=Path, nargs="+", help="task folders, or folders whose subfolders are tasks"
+    )
+    evaluation.add_argument(
+        "--mmeb-v2", type=Path, metavar="ROOT", help="a local copy of MMEB-V2's evaluation data (layout below)"
+    )
+    evaluation.add_argument(
+        "--mmeb-tasks", nargs="+", metavar="NAME", help="MMEB-V2 tasks to run (default: every readable one)"
     )
     evaluation.add_argument("--output-dir", type=Path, required=True)
     evaluation.add_argument("--query-modes", nargs="+", choices=("disc", "gen"), default=["disc", "gen"])
@@ -119,10 +126,11 @@ def run_encode(args) -> int:
 
 
 def _task_layout() -> str:
-    from .evaluation import tasks
+    from .evaluation import mmeb_data, tasks
 
     layout = tasks.__doc__.split("\n\n", 1)[1]
-    return "Task folder layout:\n\n" + layout.replace("`", "")
+    mmeb_layout = mmeb_data.__doc__.split("```")[1]
+    return "Task folder layout:\n\n" + layout.replace("`", "") + "\n\nMMEB-V2 layout (--mmeb-v2 ROOT):\n" + mmeb_layout
 
 
 def _task_folders(paths: list[Path]) -> list[Path]:
@@ -144,10 +152,15 @@ def _task_folders(paths: list[Path]) -> list[Path]:
 
 def run_eval(args) -> int:
     from .encoder import RimeEncoder
-    from .evaluation import evaluate, read_task
+    from .evaluation import evaluate, read_mmeb_v2, read_task
 
+    if not args.tasks and args.mmeb_v2 is None:
+        print("rime eval: give task folders (--tasks) or an MMEB-V2 copy (--mmeb-v2)", file=sys.stderr)
+        return 2
     try:
-        tasks = [read_task(folder) for folder in _task_folders(args.tasks)]
+        tasks = [read_task(folder) for folder in _task_folders(args.tasks or [])]
+        if args.mmeb_v2 is not None:
+            tasks += read_mmeb_v2(args.mmeb_v2, args.mmeb_tasks)
     except (FileNotFoundError, ValueError) as error:
         print(f"rime eval: {error}", file=sys.stderr)
         return 2
@@ -171,8 +184,23 @@ def run_eval(args) -> int:
     )
     if main_process:
         print((args.output_dir / "results.md").read_text(encoding="utf-8"))
+        if args.mmeb_v2 is not None:
+            _report_mmeb(results, args.output_dir)
         print(f"Wrote results.json, results.md and results.png to {args.output_dir} ({len(results['tasks'])} tasks).")
     return 0
+
+
+def _report_mmeb(results: dict, output_dir: Path) -> None:
+    """MMEB-V2's own aggregate rows (per modality and meta-task, `overall` over its tasks) in `mmeb_v2.json`."""
+    from .evaluation.mmeb import MMEB_V2_BY_NAME, MMEB_V2_MANIFEST_VERSION, mmeb_v2_scores
+
+    rows = mmeb_v2_scores({name: results["scores"][name] for name in results["tasks"] if name in MMEB_V2_BY_NAME})
+    (output_dir / "mmeb_v2.json").write_text(
+        json.dumps({"manifest": MMEB_V2_MANIFEST_VERSION, "scores": rows}, indent=2), encoding="utf-8"
+    )
+    print(f"MMEB-V2 aggregates ({MMEB_V2_MANIFEST_VERSION}), written to mmeb_v2.json:")
+    for row, scores in rows.items():
+        print(f"  {row:<24} " + "  ".join(f"{pair} {value:.3f}" for pair, value in scores.items()))
 
 
 def run_search(args) -> int:

@@ -4,7 +4,8 @@
 - `index`: `build_index(embeddings, backend="exact" | "faiss")`, used by `RimeEncoder.search`.
 - `tasks`: `RetrievalTask` and the jsonl task folder format (`read_task`, `write_task`).
 - `harness`: `evaluate(encoder, tasks)`, every query-mode x corpus-mode pair, cached and resumable; `plot`: the PNG.
-- `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`).
+- `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`); `mmeb_data`: readers for a local
+  copy of its evaluation files (`read_mmeb_v2`).
 - `mteb`: `RimeMtebEncoder`, so that mteb can evaluate a `RimeEncoder` (mteb is not a dependency).
 """
 
@@ -12,6 +13,7 @@ from .harness import encoder_fingerprint, evaluate, write_reports
 from .index import INDEX_BACKENDS, ExactIndex, FaissIndex, build_index
 from .metrics import hit_at_k, mrr, ndcg_at_k, ranked_relevance, recall_at_k
 from .mmeb import MMEB_V2_TASKS, mmeb_v2_scores
+from .mmeb_data import MMEB_V2_READABLE, read_mmeb_v2
 from .mteb import RimeMtebEncoder
 from .plot import plot_results
 from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric, parse_metric, read_task, write_task
@@ -20,6 +22,7 @@ from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric, parse_metric,
 __all__ = [
     "DEFAULT_METRICS",
     "INDEX_BACKENDS",
+    "MMEB_V2_READABLE",
     "MMEB_V2_TASKS",
     "RetrievalTask",
     "RimeMtebEncoder",
@@ -28,6 +31,7 @@ __all__ = [
     "evaluate",
     "parse_metric",
     "plot_results",
+    "read_mmeb_v2",
     "read_task",
     "write_reports",
     "write_task",
