@@ -17,13 +17,6 @@ from transformers_rime.testing import random_image, write_published_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_rime_demo_runs_and_reloads_exactly(tmp_path, capsys):
-    assert main(["demo", "--output-dir", str(tmp_path), "--max-new-tokens", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "gen -> disc" in out and "disc -> gen" in out
-    assert "max |difference| = 0.0e+00" in out
-
-
 def test_rime_encode_and_search(tmp_path, capsys):
     model = write_published_checkpoint(tmp_path / "model")
     image = tmp_path / "img.png"

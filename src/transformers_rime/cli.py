@@ -1,7 +1,7 @@
 """The `rime` command: `rime demo`, `rime encode`, `rime search`, `rime eval`, `rime export`.
 
 ```
-rime demo                                  # offline: tiny random model, both modes, all four search pairs
+rime demo [--fast]                         # offline quickstart: train, evaluate in all four mode pairs, reload
 rime encode --model DIR --mode gen --role query --output q.npy "a red car" photo.jpg
 rime search --model DIR --queries queries.txt --corpus corpus.txt --query-mode gen --corpus-mode disc
 rime eval --model DIR --tasks my_task/ other_tasks/ --output-dir eval-out [--query-modes gen --corpus-modes disc]
@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -28,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rime", description="RIME multimodal embeddings.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="offline end-to-end demo on a tiny random model")
-    demo.add_argument("--output-dir", type=Path, help="keep the demo checkpoints here (default: a temp dir)")
-    demo.add_argument("--max-new-tokens", type=int, default=12)
+    demo = commands.add_parser(
+        "demo", help="the offline quickstart: train a small RIME model on synthetic data, evaluate, reload"
+    )
+    demo.add_argument("--output-dir", type=Path, help="results.json, results.png and the model (default: a temp dir)")
+    demo.add_argument("--fast", action="store_true", help="the short CI variant (under 2 minutes on 2 cores)")
 
     encode = commands.add_parser("encode", help="embed inputs and save a .npy file")
     _add_model_arguments(encode)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return run_demo(args.output_dir, args.max_new_tokens)
+        return run_demo(args.output_dir, args.fast)
     if args.command == "encode":
         return run_encode(args)
     if args.command == "export":
@@ -252,72 +253,13 @@ def run_export(args) -> int:
     return 0
 
 
-def run_demo(output_dir: Path | None = None, max_new_tokens: int = 12) -> int:
-    """Build a tiny checkpoint in the published layout, then embed, rewrite, search, export and reload it."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageDraw
-    from transformers import AutoModel, AutoProcessor
+def run_demo(output_dir: Path | None = None, fast: bool = False) -> int:
+    """The quickstart: train a small random RIME model offline, evaluate it in every mode pair, reload it."""
+    from .quickstart import run_quickstart
 
-    from .encoder import RimeEncoder
-    from .testing import write_published_checkpoint
-
-    torch.manual_seed(0)
-    root = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="rime-demo-"))
-    print("RIME demo: a tiny Qwen2-VL with RANDOM weights, built offline. Rankings are meaningless until the")
-    print("model is trained; the demo shows the machinery end to end.\n")
-
-    published = write_published_checkpoint(root / "published-layout")
-    encoder = RimeEncoder.from_pretrained(published, device="cpu")
-    n_params = sum(p.numel() for p in encoder.model.parameters())
-    print(f"1. loaded a checkpoint in the published RIME-2B layout: {published} ({n_params / 1e6:.2f} M params)")
-
-    def shape(kind: str, color: str) -> Image.Image:
-        image = Image.new("RGB", (96, 80), "white")
-        draw = ImageDraw.Draw(image)
-        (draw.ellipse if kind == "circle" else draw.rectangle)((20, 15, 76, 65), fill=color)
-        return image
-
-    corpus = [
-        "a red car parked on a quiet street",
-        "a black cat sleeping on a wooden chair",
-        shape("circle", "red"),
-        shape("square", "blue"),
-        {"text": "a chart of quarterly revenue", "image": shape("square", "green")},
-    ]
-    names = ["text: red car", "text: black cat", "image: red circle", "image: blue square", "text+image: chart"]
-    queries = ["a red car", {"text": "what shape is this?", "image": shape("circle", "red")}]
-
-    start = time.perf_counter()
-    generations = encoder.generate(queries, max_new_tokens=max_new_tokens)
-    elapsed = time.perf_counter() - start
-    print(f"\n2. gen mode on {len(queries)} queries ({elapsed * 1000:.0f} ms): rewrite, then embed at <gen_emb>")
-    for generation in generations:
-        status = "finished" if generation.finished else "budget spent, <gen_emb> appended"
-        print(f"   {generation.num_new_tokens:3d} tokens ({status}): {generation.text[:60]!r}")
-
-    print("\n3. cross-mode search, top-1 per query for each (query mode -> corpus mode):")
-    for query_mode in ("disc", "gen"):
-        for corpus_mode in ("disc", "gen"):
-            start = time.perf_counter()
-            hits = encoder.search(
-                queries, corpus, top_k=1, query_mode=query_mode, corpus_mode=corpus_mode, max_new_tokens=max_new_tokens
-            )
-            elapsed = time.perf_counter() - start
-            tops = ", ".join(f"{names[row[0].corpus_id]} ({row[0].score:+.3f})" for row in hits)
-            print(f"   {query_mode:>4} -> {corpus_mode:<4} {elapsed * 1000:6.0f} ms  {tops}")
-
-    exported = root / "rime-export"
-    encoder.save_pretrained(exported)
-    model = AutoModel.from_pretrained(exported, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
-    batch = processor(text=["a red car"], mode="disc", role="query", return_tensors="pt")
-    with torch.no_grad():
-        reloaded = model(**batch).embeddings[0].numpy()
-    difference = float(np.abs(reloaded - encoder.encode("a red car")).max())
-    print(f"\n4. exported to {exported} and reloaded with AutoModel: max |difference| = {difference:.1e}")
-    print("\nDone.")
-    return 0 if difference < 1e-5 else 1
+    output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="rime-quickstart-"))
+    results = run_quickstart(output_dir, fast=fast)
+    return 0 if results["reload_max_difference"] < 1e-4 else 1
 
 
 if __name__ == "__main__":

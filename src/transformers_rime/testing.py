@@ -82,12 +82,16 @@ _CORPUS = [
 ]
 
 
-def tiny_tokenizer(with_rime_tokens: bool = False) -> Qwen2Tokenizer:
+def tiny_tokenizer(
+    with_rime_tokens: bool = False, extra_texts: list[str] | None = None, vocab_size: int = 400
+) -> Qwen2Tokenizer:
     """A ~400-token byte-level BPE tokenizer with Qwen's special tokens, the chat template and left padding.
 
     Args:
         with_rime_tokens: also add `<gen_emb>` and `<disc_emb>` as ordinary added tokens, as the published
             RIME / UME-R1 checkpoints have them.
+        extra_texts: more texts to learn merges from (so that a demo's words are a few tokens each).
+        vocab_size: the BPE vocabulary size before the special tokens.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -95,9 +99,9 @@ def tiny_tokenizer(with_rime_tokens: bool = False) -> Qwen2Tokenizer:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    bpe.train_from_iterator(_CORPUS + list(extra_texts or []), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, unk_token=None)
@@ -141,8 +145,11 @@ def _round_up(n: int, multiple: int = 64) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
-def tiny_vlm_config(family: str = "qwen2_vl", tokenizer=None, **text_overrides):
-    """A random-weights-sized backbone config (hidden 64, 2 layers) whose token ids match `tokenizer`."""
+def tiny_vlm_config(family: str = "qwen2_vl", tokenizer=None, vision_overrides: dict | None = None, **text_overrides):
+    """A random-weights-sized backbone config (hidden 64, 2 layers) whose token ids match `tokenizer`.
+
+    `text_overrides` and `vision_overrides` replace entries of the text and vision sub-configs.
+    """
     if family not in FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {FAMILIES}.")
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(with_rime_tokens=True)
@@ -182,6 +189,7 @@ def tiny_vlm_config(family: str = "qwen2_vl", tokenizer=None, **text_overrides):
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
         vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}
     text.update(text_overrides)
+    vision.update(vision_overrides or {})
     return AutoConfig.for_model(
         family,
         text_config=text,

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.readers import _natural_key
 from .mmeb import MMEB_V2_BY_NAME
 from .tasks import RetrievalTask
 
@@ -271,7 +272,7 @@ def sample_frames(frame_dir: Path, num_frames: int) -> list[str]:
         return []
     frames = sorted(
         (p for p in frame_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
-        key=lambda p: [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", p.name)],
+        key=lambda p: _natural_key(p.name),
     )
     if num_frames < len(frames):
         frames = [frames[i] for i in np.linspace(0, len(frames) - 1, num_frames, dtype=int)]

@@ -1,0 +1,48 @@
+"""Every benchmark in one command: each script runs in its own process and prints its ratios, measured in one run.
+
+    python benchmarks/run_all.py            # CPU sizes (about 10 minutes on 2 cores)
+    python benchmarks/run_all.py --quick    # smaller repeats and batches (about 3 minutes)
+
+- `bench_core.py`: disc vs the raw backbone forward, gen vs plain `generate` and vs `generate(output_hidden_states)`;
+- `bench_cached_gradient.py`: cached-gradient vs plain training steps (time and peak memory);
+- `bench_refine_rl.py`: the share of a GRPO step spent on the anchor-retrieval reward.
+
+Each script's own flags (GPU sizes, dtype) are in its docstring and in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def commands(quick: bool) -> list[list[str]]:
+    return [
+        ["bench_core.py", "--repeats", "2" if quick else "5", "--new-tokens", "16" if quick else "64"],
+        ["bench_cached_gradient.py", "--batch-sizes", *(["64"] if quick else ["64", "256"]), "--max-uncached", "256"],
+        ["bench_refine_rl.py"],
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller batches")
+    args = parser.parse_args()
+    failures = 0
+    for script, *flags in commands(args.quick):
+        print(f"\n=== {script} {' '.join(flags)}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.call([sys.executable, str(HERE / script), *flags], cwd=HERE)
+        print(f"=== {script}: exit {code}, {time.perf_counter() - start:.0f} s", flush=True)
+        failures += code != 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

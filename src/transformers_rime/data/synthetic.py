@@ -1,0 +1,315 @@
+"""Synthetic multimodal retrieval data, rendered offline with PIL, with a held-out split of unseen combinations.
+
+Five kinds of query, each with a gold rewrite for both sides (what a rewrite annotation would say):
+
+| kind | query | document |
+|---|---|---|
+| `text_to_image` | "a red circle on the left" | a rendered scene |
+| `image_to_text` | a rendered scene | its caption |
+| `image_question_to_answer` | a two-object scene + "what colour is the square?" | "the answer: the red square on the left" |
+| `text_to_page` | "the red report with a circle logo" | a rendered document page (header, logo, title text) |
+| `text_to_video` | "a red circle moving to the right" | 4 frames of the circle moving |
+
+Scenes hold one to three copies of one object at a position, or two objects side by side or stacked; objects are a
+colour and a shape. A quarter of the 32 colour-shape pairs (one per colour, each shape twice) never appear in the
+`train` split, and every `heldout` item contains at least one of them, so held-out scores measure composition,
+not memory. Renders are jittered (position, size, background), so no two images are the same.
+
+```python
+>>> rows = synthetic_pairs("train", per_kind=2, seed=0)
+>>> sorted(rows[0]), len(rows)
+(['positive', 'positive_rewrite', 'query', 'query_rewrite', 'source'], 10)
+>>> tasks = synthetic_tasks("heldout", per_kind=4, seed=1)
+>>> [task.name for task in tasks]
+['text_to_image', 'image_to_text', 'image_question_to_answer', 'text_to_page', 'text_to_video']
+
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+from PIL import Image, ImageDraw
+
+
+COLORS = {
+    "red": (225, 40, 40),
+    "green": (40, 185, 70),
+    "blue": (50, 90, 235),
+    "yellow": (240, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (250, 140, 30),
+    "white": (245, 245, 245),
+    "cyan": (40, 210, 220),
+}
+SHAPES = ("circle", "square", "triangle", "star")
+KINDS = ("text_to_image", "image_to_text", "image_question_to_answer", "text_to_page", "text_to_video")
+HELDOUT_PAIRS = frozenset((color, SHAPES[i % len(SHAPES)]) for i, color in enumerate(COLORS))
+_NUMBERS = {1: "a", 2: "two", 3: "three"}
+_ROW_KEYS = ("query", "positive", "query_rewrite", "positive_rewrite", "source")
+_SIZE = 56  # pixels: 2x2 merged visual tokens per image with the tiny processor (patch 14)
+
+
+def synthetic_pairs(split: str = "train", per_kind: int = 64, seed: int = 0) -> list[dict]:
+    """Training rows for the contrastive trainer: `query`, `positive`, their gold rewrites and `source` (the kind),
+    `per_kind` of each kind, interleaved. Within a kind no query and no document repeats, so in-batch negatives
+    are never copies of the positive."""
+    examples = [_examples(kind, split, per_kind, seed) for kind in KINDS]
+    rows = []
+    for group in itertools.zip_longest(*examples):
+        rows.extend({key: row[key] for key in _ROW_KEYS} for row in group if row is not None)
+    return rows
+
+
+def synthetic_tasks(split: str = "heldout", per_kind: int = 32, seed: int = 1) -> list:
+    """One `RetrievalTask` per kind: each query against the `per_kind` documents of its kind (Hit@1)."""
+    from ..evaluation.tasks import RetrievalTask
+
+    tasks = []
+    for kind in KINDS:
+        rows = _examples(kind, split, per_kind, seed)
+        corpus, index, relevance = [], {}, []
+        for row in rows:
+            key = row["positive_key"]
+            if key not in index:
+                index[key] = len(corpus)
+                corpus.append(row["positive"])
+            relevance.append({index[key]: 1.0})
+        tasks.append(
+            RetrievalTask(
+                kind,
+                queries=[row["query"] for row in rows],
+                corpus=corpus,
+                relevance=relevance,
+                metric="hit@1",
+                group="synthetic",
+                metadata={"split": split, "seed": seed},
+            )
+        )
+    return tasks
+
+
+def _examples(kind: str, split: str, count: int, seed: int) -> list[dict]:
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', not {split!r}.")
+    rng = random.Random(f"{kind}-{split}-{seed}")
+    make = _MAKERS[kind]
+    rows, seen, attempts = [], set(), 0
+    while len(rows) < count:
+        attempts += 1
+        if attempts > 100 * count:
+            raise ValueError(f"{kind}: cannot make {count} distinct {split} examples; ask for fewer.")
+        row = make(rng, split)
+        if row["query_key"] in seen or row["positive_key"] in seen:
+            continue
+        seen.update((row["query_key"], row["positive_key"]))
+        rows.append({**row, "source": kind})
+    return rows
+
+
+def _pair(rng: random.Random, split: str, avoid: tuple | None = None) -> tuple[str, str]:
+    """A colour-shape pair allowed in `split` (held-out pairs only in `heldout`)."""
+    while True:
+        pair = (rng.choice(list(COLORS)), rng.choice(SHAPES))
+        if pair != avoid and (split == "heldout" or pair not in HELDOUT_PAIRS):
+            return pair
+
+
+def _objects(rng: random.Random, split: str, count: int) -> list[tuple[str, str]]:
+    """`count` distinct pairs; in `heldout`, at least one of them is a held-out pair."""
+    while True:
+        objects = [_pair(rng, split)]
+        while len(objects) < count:
+            objects.append(_pair(rng, split, avoid=objects[0]))
+        if split == "train" or any(o in HELDOUT_PAIRS for o in objects):
+            return objects
+
+
+def _scene(rng: random.Random, split: str) -> dict:
+    """A scene description: one object (1-3 copies) at a position, or two objects side by side or stacked."""
+    if rng.random() < 0.5:
+        (obj,) = _objects(rng, split, 1)
+        count = rng.choice((1, 1, 2, 3))
+        position = rng.choice(("left", "right", "top", "bottom", "center"))
+        return {"layout": "single", "objects": [obj], "count": count, "position": position}
+    first, second = _objects(rng, split, 2)
+    return {"layout": rng.choice(("row", "column")), "objects": [first, second], "count": 1}
+
+
+def _caption(scene: dict) -> tuple[str, str]:
+    """(caption, rewrite) of a scene."""
+    if scene["layout"] == "single":
+        (color, shape), count, where = scene["objects"][0], scene["count"], scene["position"]
+        plural = shape + ("s" if count > 1 else "")
+        place = "in the center" if where == "center" else f"on the {where}"
+        return f"{_NUMBERS[count]} {color} {plural} {place}", f"{count} {color} {plural} {where}"
+    (c1, s1), (c2, s2) = scene["objects"]
+    a, b = ("left", "right") if scene["layout"] == "row" else ("top", "bottom")
+    return f"a {c1} {s1} on the {a} and a {c2} {s2} on the {b}", f"{c1} {s1} {a}, {c2} {s2} {b}"
+
+
+def _render(scene: dict, rng: random.Random) -> Image.Image:
+    background = tuple(rng.randint(0, 60) for _ in range(3))
+    image = Image.new("RGB", (_SIZE, _SIZE), background)
+    draw = ImageDraw.Draw(image)
+    half, quarter = _SIZE // 2, _SIZE // 4
+    if scene["layout"] == "single":
+        centers = {
+            "left": (quarter, half),
+            "right": (3 * quarter, half),
+            "top": (half, quarter),
+            "bottom": (half, 3 * quarter),
+            "center": (half, half),
+        }
+        cx, cy = centers[scene["position"]]
+        count, size = scene["count"], rng.randint(7, 9) if scene["count"] > 1 else rng.randint(9, 12)
+        vertical = scene["position"] in ("left", "right")
+        for i in range(count):
+            offset = (i - (count - 1) / 2) * (2 * size + 2)
+            x, y = (cx, cy + offset) if vertical else (cx + offset, cy)
+            _shape(draw, *scene["objects"][0], (x, y), size)
+    else:
+        spots = (
+            [(quarter, half), (3 * quarter, half)]
+            if scene["layout"] == "row"
+            else [(half, quarter), (half, 3 * quarter)]
+        )
+        for obj, (x, y) in zip(scene["objects"], spots):
+            _shape(draw, *obj, (x + rng.randint(-3, 3), y + rng.randint(-3, 3)), rng.randint(9, 12))
+    return image
+
+
+def _shape(draw: ImageDraw.ImageDraw, color: str, shape: str, center: tuple[float, float], size: int) -> None:
+    x, y, fill = center[0], center[1], COLORS[color]
+    box = (x - size, y - size, x + size, y + size)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x, y - size), (x - size, y + size), (x + size, y + size)], fill=fill)
+    else:  # a five-pointed star: outer and inner vertices alternate
+        points = []
+        for i in range(10):
+            radius = size if i % 2 == 0 else size * 0.45
+            angle = math.pi * (i / 5 - 0.5)
+            points.append((x + radius * math.cos(angle), y + radius * math.sin(angle)))
+        draw.polygon(points, fill=fill)
+
+
+def _text_to_image(rng, split):
+    scene = _scene(rng, split)
+    caption, rewrite = _caption(scene)
+    return dict(
+        query=caption,
+        positive=_render(scene, rng),
+        query_rewrite=rewrite,
+        positive_rewrite=rewrite,
+        query_key=caption,
+        positive_key=caption,
+    )
+
+
+def _image_to_text(rng, split):
+    row = _text_to_image(rng, split)
+    return dict(
+        query=row["positive"],
+        positive=row["query"],
+        query_rewrite=row["query_rewrite"],
+        positive_rewrite=row["query_rewrite"],
+        query_key=row["query_key"],
+        positive_key=row["query_key"],
+    )
+
+
+def _image_question_to_answer(rng, split):
+    first, second = _objects(rng, split, 2)
+    layout = rng.choice(("row", "column"))
+    scene = {"layout": layout, "objects": [first, second], "count": 1}
+    places = ("left", "right") if layout == "row" else ("top", "bottom")
+    target = rng.randrange(2)
+    color, shape = scene["objects"][target]
+    if rng.random() < 0.5 and first[1] != second[1]:
+        question = f"what colour is the {shape}?"
+    else:
+        question = f"which shape is on the {places[target]}?"
+    # the answer names the object it is about, so that no two rows of a batch share an answer document
+    answer = f"the answer: the {color} {shape} on the {places[target]}"
+    return dict(
+        query={"text": question, "image": _render(scene, rng)},
+        positive=answer,
+        query_rewrite=f"{color} {shape} {places[target]}",
+        positive_rewrite=f"{color} {shape} {places[target]}",
+        query_key=(question, _caption(scene)[0]),
+        positive_key=answer,
+    )
+
+
+def _text_to_page(rng, split):
+    ((color, shape),) = _objects(rng, split, 1)
+    title = rng.choice(("report", "invoice", "memo", "menu", "letter"))
+    page = Image.new("RGB", (_SIZE, _SIZE + 28), (250, 250, 245))
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((0, 0, _SIZE, 14), fill=COLORS[color] if color != "white" else (200, 200, 200))
+    draw.text((3, 2), title.upper()[:8], fill=(0, 0, 0))
+    _shape(draw, "white" if color != "white" else "blue", shape, (_SIZE - 12, 7), 5)
+    for line in range(5):  # body text: grey lines of random length
+        y = 22 + line * 11
+        draw.line((4, y, rng.randint(24, _SIZE - 4), y), fill=(120, 120, 120), width=2)
+    _shape(draw, color, shape, (_SIZE // 2, _SIZE + 12), 9)
+    caption = f"the {color} {title} with a {shape} logo"
+    return dict(
+        query=caption,
+        positive=page,
+        query_rewrite=f"{color} {title}, {shape} logo",
+        positive_rewrite=f"{color} {title}, {shape} logo",
+        query_key=caption,
+        positive_key=caption,
+    )
+
+
+def _text_to_video(rng, split):
+    ((color, shape),) = _objects(rng, split, 1)
+    direction = rng.choice(("left", "right", "up", "down"))
+    background = tuple(rng.randint(0, 60) for _ in range(3))
+    frames = []
+    for step in range(4):
+        frame = Image.new("RGB", (_SIZE, _SIZE), background)
+        travel = 8 + step * 13 if direction in ("right", "down") else _SIZE - 8 - step * 13
+        center = (travel, _SIZE // 2) if direction in ("left", "right") else (_SIZE // 2, travel)
+        _shape(ImageDraw.Draw(frame), color, shape, center, 8)
+        frames.append(frame)
+    caption = f"a {color} {shape} moving {direction}"
+    return dict(
+        query=caption,
+        positive=frames,
+        query_rewrite=f"{color} {shape} moves {direction}",
+        positive_rewrite=f"{color} {shape} moves {direction}",
+        query_key=caption,
+        positive_key=caption,
+    )
+
+
+_MAKERS = {
+    "text_to_image": _text_to_image,
+    "image_to_text": _image_to_text,
+    "image_question_to_answer": _image_question_to_answer,
+    "text_to_page": _text_to_page,
+    "text_to_video": _text_to_video,
+}
+
+
+def vocabulary_texts() -> list[str]:
+    """Every word and phrase pattern the data uses, for training a tokenizer that covers them."""
+    words = [*COLORS, *SHAPES, *(s + "s" for s in SHAPES), *_NUMBERS.values()]
+    phrases = [
+        "a red circle on the left and a blue square on the right",
+        "two green triangles on the top, three yellow stars at the bottom, in the center",
+        "what colour is the star? which shape is on the right? the answer: the purple star on the top",
+        "the orange report with a circle logo; invoice, memo, menu, letter",
+        "a cyan square moving left, right, up, down; white moves",
+    ]
+    return words + phrases
