@@ -253,16 +253,7 @@ def read_mmeb_visdoc_task(
         relevance.append(grades)
     if dropped:
         logger.warning("%s: dropped %d queries without a relevant page in the corpus.", name, dropped)
-    task = MMEB_V2_BY_NAME.get(name)
-    return _task(
-        name,
-        queries,
-        corpus,
-        relevance,
-        None,
-        task.query_instruction if task else None,
-        task.corpus_instruction if task else None,
-    )
+    return _task(name, queries, corpus, relevance, None, None, None)
 
 
 def sample_frames(frame_dir: Path, num_frames: int) -> list[str]:
@@ -290,8 +281,11 @@ def _task(name, queries, corpus, relevance, pools, query_instruction, corpus_ins
         relevance=relevance,
         pools=pools,
         metric=spec.metric if spec else "hit@1",
-        query_instruction=query_instruction,
-        corpus_instruction=corpus_instruction,
+        # None: the manifest's instruction (VisDoc), or else the processor's default
+        query_instruction=query_instruction if query_instruction is not None or not spec else spec.query_instruction,
+        corpus_instruction=corpus_instruction
+        if corpus_instruction is not None or not spec
+        else spec.corpus_instruction,
         group=spec.group if spec else None,
         metadata={"source": "MMEB-V2"},
     )
