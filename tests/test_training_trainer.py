@@ -208,6 +208,29 @@ def test_homogeneous_batches_use_the_source_sampler(tmp_path):
         trainer._get_train_sampler()
 
 
+def test_trains_from_an_iterable_dataset_of_image_rows(tmp_path):
+    """accelerate would slice an IterableDataset's batches by default (dispatch_batches), which breaks the pixel
+    tensors of a RIME batch: the config turns that off, and asking for it is an error."""
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            while True:
+                yield from synthetic_pairs(4, with_images=True)
+
+    processor = tiny_rime_processor()
+    trainer = RimeContrastiveTrainer(
+        tiny_rime_model(processor=processor),
+        make_args(tmp_path, max_steps=2, freeze_vision_tower=False),
+        train_dataset=Stream(),
+        processing_class=processor,
+    )
+    assert trainer.args.accelerator_config.dispatch_batches is False
+    assert trainer.train().global_step == 2
+    for setting in ("dispatch_batches", "split_batches"):
+        with pytest.raises(ValueError, match="cannot be used with RIME batches"):
+            make_args(tmp_path, accelerator_config={setting: True})
+
+
 def test_errors_are_clear(tmp_path):
     processor = tiny_rime_processor()
     model = tiny_rime_model(processor=processor)

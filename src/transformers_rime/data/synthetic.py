@@ -15,6 +15,9 @@ colour and a shape. A quarter of the 32 colour-shape pairs (one per colour, each
 `train` split, and every `heldout` item contains at least one of them, so held-out scores measure composition,
 not memory. Renders are jittered (position, size, background), so no two images are the same.
 
+`synthetic_pairs` gives a fixed list of training rows, `SyntheticPairStream` an endless stream of fresh renders
+(what the quickstart trains on), and `synthetic_tasks` the evaluation tasks.
+
 ```python
 >>> rows = synthetic_pairs("train", per_kind=2, seed=0)
 >>> sorted(rows[0]), len(rows)
@@ -32,6 +35,7 @@ import itertools
 import math
 import random
 
+import torch
 from PIL import Image, ImageDraw
 
 
@@ -53,15 +57,81 @@ _ROW_KEYS = ("query", "positive", "query_rewrite", "positive_rewrite", "source")
 _SIZE = 56  # pixels: 2x2 merged visual tokens per image with the tiny processor (patch 14)
 
 
-def synthetic_pairs(split: str = "train", per_kind: int = 64, seed: int = 0) -> list[dict]:
-    """Training rows for the contrastive trainer: `query`, `positive`, their gold rewrites and `source` (the kind),
-    `per_kind` of each kind, interleaved. Within a kind no query and no document repeats, so in-batch negatives
-    are never copies of the positive."""
+def synthetic_pairs(split: str = "train", per_kind: int = 64, seed: int = 0, negatives: int = 0) -> list[dict]:
+    """Training rows for the contrastive and Refine-RL trainers: `query`, `positive`, their gold rewrites and
+    `source` (the kind), `per_kind` of each kind, interleaved. Within a kind no query and no document repeats, so
+    in-batch negatives are never copies of the positive. With `negatives=k`, each row also gets `negatives`: the
+    documents of `k` other rows of its kind (hard negatives, as the held-out tasks rank within a kind)."""
+    if not 0 <= negatives < per_kind:
+        raise ValueError(f"negatives must be in [0, per_kind), got {negatives} with per_kind={per_kind}.")
     examples = [_examples(kind, split, per_kind, seed) for kind in KINDS]
+    rng = random.Random(f"negatives-{split}-{seed}")
     rows = []
     for group in itertools.zip_longest(*examples):
-        rows.extend({key: row[key] for key in _ROW_KEYS} for row in group if row is not None)
+        for row in group:
+            if row is None:
+                continue
+            rows.append({key: row[key] for key in _ROW_KEYS})
+            if negatives:
+                others = [other for other in examples[KINDS.index(row["source"])] if other is not row]
+                rows[-1]["negatives"] = [other["positive"] for other in rng.sample(others, negatives)]
     return rows
+
+
+class SyntheticPairStream(torch.utils.data.IterableDataset):
+    """Endless training rows (as `synthetic_pairs` gives), rendered as they are drawn, so no image is seen twice.
+
+    Within every block of `batch_size` consecutive rows no query and no document repeats (across kinds too: a
+    caption is never both a query and another row's document), so in-batch negatives are never copies of a
+    positive. Give the trainer the same `batch_size`, and `max_steps`: the stream has no end.
+
+    Args:
+        split (`str`, defaults to `"train"`): `"train"` or `"heldout"` (see `synthetic_pairs`).
+        batch_size (`int`, defaults to 32): the block within which rows are distinct.
+        seed (`int`, defaults to 0): the same seed gives the same rows.
+        kinds (`tuple[str, ...]`, defaults to `KINDS`): the kinds to draw.
+        homogeneous (`bool`, defaults to `False`): one kind per block (kinds take turns between blocks) instead of
+            kinds taking turns within each block.
+
+    ```python
+    >>> stream = SyntheticPairStream(batch_size=8, seed=0)
+    >>> rows = list(itertools.islice(stream, 8))
+    >>> [row["source"] for row in rows[:5]] == list(KINDS), len({str(row["query_rewrite"]) for row in rows})
+    (True, 8)
+
+    ```
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        batch_size: int = 32,
+        seed: int = 0,
+        kinds: tuple[str, ...] = KINDS,
+        homogeneous: bool = False,
+    ):
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be 'train' or 'heldout', not {split!r}.")
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}.")
+        self.split, self.batch_size, self.seed, self.kinds = split, batch_size, seed, tuple(kinds)
+        self.homogeneous = homogeneous
+
+    def __iter__(self):
+        rng = random.Random(f"stream-{self.split}-{self.seed}")
+        for block in itertools.count():
+            seen = set()
+            for index in range(self.batch_size):
+                kind = self.kinds[(block if self.homogeneous else index) % len(self.kinds)]
+                for _ in range(1000):
+                    row = _MAKERS[kind](rng, self.split)
+                    if row["query_key"] not in seen and row["positive_key"] not in seen:
+                        break
+                else:
+                    raise ValueError(f"{kind}: batch_size={self.batch_size} is more than it has distinct examples.")
+                seen.update((row["query_key"], row["positive_key"]))
+                yield {key: row[key] for key in _ROW_KEYS if key != "source"} | {"source": kind}
 
 
 def synthetic_tasks(split: str = "heldout", per_kind: int = 32, seed: int = 1) -> list:

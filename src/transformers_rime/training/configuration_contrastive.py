@@ -109,6 +109,16 @@ class RimeContrastiveConfig(TrainingArguments):
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if self.cached_batch_size is not None and self.cached_batch_size < 1:
             raise ValueError(f"cached_batch_size must be a positive integer or None, got {self.cached_batch_size}.")
+        # A collated batch holds groups of chunks whose pixel tensors are indexed by patch, not by row, so accelerate
+        # cannot slice it across processes; it would do so by default for an IterableDataset (dispatch_batches).
+        accelerator_config = getattr(self, "accelerator_config", None)
+        if accelerator_config is not None:
+            if accelerator_config.split_batches or accelerator_config.dispatch_batches:
+                raise ValueError(
+                    "accelerator_config: split_batches and dispatch_batches cannot be used with RIME batches (their "
+                    "pixel tensors cannot be split by row); each process reads its own batches."
+                )
+            accelerator_config.dispatch_batches = False
 
     @property
     def uses_rewrites(self) -> bool:
