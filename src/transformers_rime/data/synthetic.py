@@ -62,7 +62,7 @@ def synthetic_pairs(split: str = "train", per_kind: int = 64, seed: int = 0, neg
     `source` (the kind), `per_kind` of each kind, interleaved. Within a kind no query and no document repeats, so
     in-batch negatives are never copies of the positive. With `negatives=k`, each row also gets `negatives`: the
     documents of `k` other rows of its kind (hard negatives, as the held-out tasks rank within a kind)."""
-    if not 0 <= negatives < per_kind:
+    if negatives < 0 or (negatives and negatives >= per_kind):
         raise ValueError(f"negatives must be in [0, per_kind), got {negatives} with per_kind={per_kind}.")
     examples = [_examples(kind, split, per_kind, seed) for kind in KINDS]
     rng = random.Random(f"negatives-{split}-{seed}")
