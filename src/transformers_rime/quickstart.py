@@ -29,7 +29,13 @@ import torch
 
 from .data.synthetic import KINDS, SyntheticPairStream, synthetic_pairs, synthetic_tasks, vocabulary_texts
 from .encoder import RimeEncoder
-from .models.rime.configuration_rime import RimeConfig
+from .models.rime.configuration_rime import (
+    GEN_EMB_TOKEN,
+    REWRITE_END,
+    REWRITE_START,
+    RimeConfig,
+    format_gen_instruction,
+)
 from .models.rime.modeling_rime import RimeForEmbedding
 from .models.rime.processing_rime import RimeProcessor
 
@@ -73,10 +79,13 @@ def quickstart_processor() -> RimeProcessor:
     fixed text (chat roles, instructions, rewrite tags), so that each is one or a few tokens."""
     from .testing import tiny_rime_processor, tiny_tokenizer
 
+    gen_instruction = format_gen_instruction(
+        QUICKSTART_INSTRUCTIONS["gen_instruction"], REWRITE_START, REWRITE_END, GEN_EMB_TOKEN
+    )
     prompt_text = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         f"{QUICKSTART_INSTRUCTIONS['query_instruction']} {QUICKSTART_INSTRUCTIONS['document_instruction']} "
-        "Rewrite in <rewrite> </rewrite>, then <gen_emb>.<|im_end|>\n<|im_start|>assistant\n"
+        f"{gen_instruction}<|im_end|>\n<|im_start|>assistant\n"
     )
     texts = vocabulary_texts() * 20 + [prompt_text] * 50
     return tiny_rime_processor(tokenizer=tiny_tokenizer(extra_texts=texts, vocab_size=800))

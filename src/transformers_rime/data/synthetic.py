@@ -110,8 +110,7 @@ class SyntheticPairStream(torch.utils.data.IterableDataset):
         kinds: tuple[str, ...] = KINDS,
         homogeneous: bool = False,
     ):
-        if split not in ("train", "heldout"):
-            raise ValueError(f"split must be 'train' or 'heldout', not {split!r}.")
+        _check_split(split)
         unknown = set(kinds) - set(KINDS)
         if unknown or not kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}.")
@@ -162,9 +161,13 @@ def synthetic_tasks(split: str = "heldout", per_kind: int = 32, seed: int = 1) -
     return tasks
 
 
-def _examples(kind: str, split: str, count: int, seed: int) -> list[dict]:
+def _check_split(split: str) -> None:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}.")
+
+
+def _examples(kind: str, split: str, count: int, seed: int) -> list[dict]:
+    _check_split(split)
     rng = random.Random(f"{kind}-{split}-{seed}")
     make = _MAKERS[kind]
     rows, seen, attempts = [], set(), 0
