@@ -206,12 +206,12 @@ def test_visdoc_task_has_graded_relevance_and_writes_each_page_once(mmeb_root, c
     assert [q["text"] for q in english.queries] == ["the red page"]
 
 
-def test_read_mmeb_v2_names_what_it_cannot_read(mmeb_root):
-    with pytest.raises(ValueError, match="not an MMEB-V2 task"):
-        read_mmeb_v2(mmeb_root, ["COCO"])
-    with pytest.raises(ValueError, match="convert it to a jsonl task folder"):
+def test_read_mmeb_v2_names_unknown_tasks_and_missing_data(mmeb_root):
+    with pytest.raises(ValueError, match=r"\['COCO'\] not MMEB-V2 tasks"):
+        read_mmeb_v2(mmeb_root, ["MSCOCO_t2i", "COCO"])
+    with pytest.raises(FileNotFoundError, match="No parquet, json or jsonl file under .*video-tasks/data/HMDB51"):
         read_mmeb_v2(mmeb_root, ["HMDB51"])
-    with pytest.raises(FileNotFoundError, match="No parquet file"):
+    with pytest.raises(FileNotFoundError, match="No parquet, json or jsonl file"):
         read_mmeb_v2(mmeb_root, ["CIRR"])
 
 

@@ -4,8 +4,8 @@
 - `index`: `build_index(embeddings, backend="exact" | "faiss")`, used by `RimeEncoder.search`.
 - `tasks`: `RetrievalTask` and the jsonl task folder format (`read_task`, `write_task`).
 - `harness`: `evaluate(encoder, tasks)`, every query-mode x corpus-mode pair, cached and resumable; `plot`: the PNG.
-- `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`); `mmeb_data`: readers for a local
-  copy of its evaluation files (`read_mmeb_v2`).
+- `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`); `mmeb_data` and `mmeb_video`:
+  readers for a local copy of its evaluation files, all 78 tasks (`read_mmeb_v2`).
 - `mteb`: `RimeMtebEncoder`, so that mteb can evaluate a `RimeEncoder` (mteb is not a dependency).
 """
 

@@ -1,26 +1,33 @@
-"""Read MMEB-V2's own evaluation files from a local copy into `RetrievalTask`s.
+"""Read MMEB-V2's own evaluation files from a local copy into `RetrievalTask`s: all 78 tasks.
 
 The layout is the one VLM2Vec's harness reads (`experiments/public/eval/{image,video,visdoc}.yaml`, `main` @
-`6e1e1d4`), below one root folder:
+`6e1e1d4`), below one root folder; where it loads a Hub dataset, a local snapshot of it takes its place
+(`hf download VLM2Vec/HMDB51 --repo-type dataset --local-dir ROOT/video-tasks/data/HMDB51`):
 
 ```
 ROOT/
   image-query/{task}/*.parquet        # ziyjiang/MMEB_Test_Instruct, one folder per task (qry_inst, qry_text,
                                       #   qry_img_path, tgt_inst, tgt_text[], tgt_img_path[])
   image-tasks/MMEB/...                # the images (TIGER-Lab/MMEB-V2 image-tasks/mmeb_v1.tar.gz, extracted)
-  video-tasks/data/{msr-vtt,msvd,didemo,vatex,youcook2-val}.jsonl
-  video-tasks/frames/video_ret/{task}/{video id}/*.jpg   # extracted frames (the video-tasks/frames tarballs)
+  video-tasks/data/{msr-vtt,msvd,didemo,vatex,youcook2-val}.jsonl      # video retrieval annotations
+  video-tasks/data/{task}/            # snapshot of the Hub dataset of every other video task, named as in
+                                      #   MMEB_V2_TASKS (K700 = VLM2Vec/Kinetics-700, NExTQA = lmms-lab/NExTQA,
+                                      #   MVBench = OpenGVLab/MVBench's json/, ...); parquet, json or jsonl
+  video-tasks/frames/video_ret/{task}/{video id}/*.jpg                 # extracted frames (video-tasks/frames/*)
+  video-tasks/frames/video_cls/{K700,SSv2,HMDB51,UCF101,Breakfast}/{video id}/*.jpg
+  video-tasks/frames/video_qa/{task}/{video id}/*.jpg                  # MVBench: {subset}/{video file}/
+  video-tasks/frames/video_mret/{QVHighlight,Charades_STA}/{video}/{query,positive*,negative*}/*.jpg
+  video-tasks/frames/video_mret/MomentSeeker/{video_frames/{clip}/*.jpg, query_*.jpg}
   visdoc-tasks/data/{dataset}/{queries,corpus,qrels}/*.parquet   # BEIR layout (ViDoRe, VisRAG, ViDoSeek, ...)
 ```
 
-Covered: the 36 image tasks (each query ranked against its own candidate list, the first one correct), the 5 video
-retrieval tasks (every caption against all videos, 8 frames sampled evenly from the frame folder) and the 24 VisDoc
-tasks (every query against the whole page corpus, graded qrels; pages are written once as PNG files beside the data,
-under `visdoc-tasks/{task}/`). The 13 other video tasks (classification, QA, moment retrieval) each have their own
-annotation format; convert them to the jsonl task folder format of `transformers_rime.evaluation.tasks`.
+Image tasks rank each query against its own candidate list (the first one correct); VisDoc tasks every query
+against the whole page corpus, with graded qrels (pages are written once as PNG files beside the data, under
+`visdoc-tasks/{task}/`); the video tasks are read by `transformers_rime.evaluation.mmeb_video`, 8 frames sampled
+evenly from each frame folder.
 
 ```python
-tasks = read_mmeb_v2("/data/MMEB-V2", names=["MSCOCO_t2i", "ViDoRe_docvqa", "MSR-VTT"])
+tasks = read_mmeb_v2("/data/MMEB-V2", names=["MSCOCO_t2i", "ViDoRe_docvqa", "MSR-VTT", "NExTQA"])
 evaluate(encoder, tasks, output_dir="mmeb-out", benchmark="MMEB-V2")
 ```
 """
@@ -28,55 +35,19 @@ evaluate(encoder, tasks, output_dir="mmeb-out", benchmark="MMEB-V2")
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from pathlib import Path
 
-import numpy as np
-
-from ..data.readers import _natural_key
-from .mmeb import MMEB_V2_BY_NAME
+from .mmeb import MMEB_V2_BY_NAME, MMEB_V2_TASKS
+from .mmeb_files import Corpus, build_task, join, read_rows, sample_frames
+from .mmeb_video import read_mmeb_video_retrieval_task, read_mmeb_video_task
 from .tasks import RetrievalTask
 
 
 logger = logging.getLogger(__name__)
 
 _IMAGE_TOKEN = "<|image_1|>"
-_VIDEO_CORPUS_INSTRUCTION = "Understand the content of the provided video."
-
-# task -> (annotation file, video id column, caption column, query instruction, skip rows without frames)
-_VIDEO_RETRIEVAL = {
-    "MSR-VTT": (
-        "msr-vtt.jsonl",
-        "video_id",
-        "caption",
-        "Find a video that contains the following visual content:",
-        False,
-    ),
-    "MSVD": (
-        "msvd.jsonl",
-        "video_id",
-        "caption",
-        "Find the video snippet that corresponds to the given summary:",
-        True,
-    ),
-    "DiDeMo": (
-        "didemo.jsonl",
-        "video",
-        "caption",
-        "Find a video that includes the following described scenes:",
-        False,
-    ),
-    "VATEX": ("vatex.jsonl", "videoID", "enCap", "Select a video that fits the description provided:", False),
-    "YouCook2": (
-        "youcook2-val.jsonl",
-        "id",
-        "sentence",
-        "Find a video that demonstrates the following action while making a recipe:",
-        True,
-    ),
-}
 
 # task -> folder under visdoc-tasks/data (MMEB-V2 scores ViDoRe-V2 on all languages)
 _VISDOC = {
@@ -107,40 +78,27 @@ _VISDOC = {
     "MMLongBench-page": "MMLongBench",
 }
 
-MMEB_V2_READABLE = tuple(
-    task.name
-    for task in MMEB_V2_BY_NAME.values()
-    if task.modality == "image" or task.name in _VIDEO_RETRIEVAL or task.name in _VISDOC
-)
+# every task is read; kept as a name for callers that ask what is readable
+MMEB_V2_READABLE = tuple(task.name for task in MMEB_V2_TASKS)
 
 
 def read_mmeb_v2(root: str | Path, names=None, *, num_frames: int = 8) -> list[RetrievalTask]:
-    """The MMEB-V2 tasks `names` (default: every task this module reads) from a local copy laid out as in the
-    module docstring."""
+    """The MMEB-V2 tasks `names` (default: all 78) from a local copy laid out as in the module docstring; video
+    items take `num_frames` frames."""
     root = Path(root)
     names = list(MMEB_V2_READABLE if names is None else names)
+    unknown = [name for name in names if name not in MMEB_V2_BY_NAME]
+    if unknown:
+        raise ValueError(f"{unknown} not MMEB-V2 tasks (see transformers_rime.evaluation.MMEB_V2_TASKS).")
     tasks = []
     for name in names:
-        if name not in MMEB_V2_BY_NAME:
-            raise ValueError(f"{name!r} is not an MMEB-V2 task (see transformers_rime.evaluation.MMEB_V2_TASKS).")
-        if MMEB_V2_BY_NAME[name].modality == "image":
+        modality = MMEB_V2_BY_NAME[name].modality
+        if modality == "image":
             tasks.append(read_mmeb_image_task(name, root / "image-query" / name, root / "image-tasks" / "MMEB"))
-        elif name in _VIDEO_RETRIEVAL:
-            tasks.append(
-                read_mmeb_video_retrieval_task(
-                    name,
-                    root / "video-tasks" / "data" / _VIDEO_RETRIEVAL[name][0],
-                    root / "video-tasks" / "frames" / "video_ret" / name,
-                    num_frames=num_frames,
-                )
-            )
-        elif name in _VISDOC:
-            tasks.append(read_mmeb_visdoc_task(name, root / "visdoc-tasks" / "data" / _VISDOC[name]))
+        elif modality == "video":
+            tasks.append(read_mmeb_video_task(name, root, num_frames=num_frames))
         else:
-            raise ValueError(
-                f"{name!r}: its annotation format is not read here; convert it to a jsonl task folder "
-                "(see `rime eval --help`). Readable: image tasks, video retrieval and VisDoc."
-            )
+            tasks.append(read_mmeb_visdoc_task(name, root / "visdoc-tasks" / "data" / _VISDOC[name]))
     return tasks
 
 
@@ -152,7 +110,7 @@ def read_mmeb_image_task(name: str, annotations: str | Path, image_root: str | P
     (`qry_inst`, `tgt_inst`, without the `<|image_1|>` placeholder) becomes the task's instruction when every row
     has the same one, and is put in front of the row's text otherwise.
     """
-    rows = _read_parquet_rows(Path(annotations))
+    rows = read_rows(Path(annotations))
     if not rows:
         raise ValueError(f"{name}: {annotations} holds no rows.")
     image_root = Path(image_root)
@@ -164,60 +122,17 @@ def read_mmeb_image_task(name: str, annotations: str | Path, image_root: str | P
     query_instruction, query_prefixes = instructions("qry_inst")
     corpus_instruction, corpus_prefixes = instructions("tgt_inst")
 
-    queries, relevance, pools = [], [], []
-    corpus, corpus_index = [], {}
+    queries, relevance, pools, corpus = [], [], [], Corpus()
     for row, query_prefix, corpus_prefix in zip(rows, query_prefixes, corpus_prefixes):
-        queries.append(_item(_join(query_prefix, row.get("qry_text")), row.get("qry_img_path"), image_root))
+        queries.append(_item(join(query_prefix, row.get("qry_text")), row.get("qry_img_path"), image_root))
         texts, paths = list(row["tgt_text"]), list(row.get("tgt_img_path") or [""] * len(row["tgt_text"]))
-        pool = []
-        for text, path in zip(texts, paths):
-            key = (path or "", (text or "").strip(), corpus_prefix)
-            if key not in corpus_index:
-                corpus_index[key] = len(corpus)
-                corpus.append(_item(_join(corpus_prefix, text), path, image_root))
-            if corpus_index[key] not in pool:
-                pool.append(corpus_index[key])
+        pool = corpus.pool(
+            ((path or "", (text or "").strip(), corpus_prefix), _item(join(corpus_prefix, text), path, image_root))
+            for text, path in zip(texts, paths)
+        )
         pools.append(pool)
         relevance.append({pool[0]: 1.0})
-    return _task(name, queries, corpus, relevance, pools, query_instruction, corpus_instruction)
-
-
-def read_mmeb_video_retrieval_task(
-    name: str, annotations: str | Path, frame_root: str | Path, *, num_frames: int = 8
-) -> RetrievalTask:
-    """An MMEB-V2 video retrieval task (MSR-VTT, MSVD, DiDeMo, VATEX, YouCook2): every caption against all videos.
-
-    `annotations` is the task's jsonl file; each video's frames are image files in `frame_root/{video id}/`, of which
-    `num_frames` are taken evenly (all of them when there are fewer).
-    """
-    if name not in _VIDEO_RETRIEVAL:
-        raise ValueError(f"{name!r} is not an MMEB-V2 video retrieval task ({', '.join(_VIDEO_RETRIEVAL)}).")
-    _, id_column, caption_column, query_instruction, skip_missing = _VIDEO_RETRIEVAL[name]
-    annotations, frame_root = Path(annotations), Path(frame_root)
-    if not annotations.is_file():
-        raise FileNotFoundError(f"{name}: annotation file {annotations} is missing.")
-    queries, relevance, corpus, corpus_index, skipped = [], [], [], {}, 0
-    for line_number, line in enumerate(annotations.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        video_id = Path(row[id_column]).stem if id_column == "video" else str(row[id_column])
-        caption = row[caption_column]
-        caption = caption[0] if isinstance(caption, list) else caption
-        if video_id not in corpus_index:
-            frames = sample_frames(frame_root / video_id, num_frames)
-            if not frames:
-                if skip_missing:  # as VLM2Vec does for these two tasks
-                    skipped += 1
-                    continue
-                raise FileNotFoundError(f"{annotations}:{line_number}: no frames in {frame_root / video_id}.")
-            corpus_index[video_id] = len(corpus)
-            corpus.append({"video": frames})
-        queries.append({"text": caption})
-        relevance.append({corpus_index[video_id]: 1.0})
-    if skipped:
-        logger.warning("%s: skipped %d rows whose video has no frames (as VLM2Vec does).", name, skipped)
-    return _task(name, queries, corpus, relevance, None, query_instruction, _VIDEO_CORPUS_INSTRUCTION)
+    return build_task(name, queries, corpus.items, relevance, pools, query_instruction, corpus_instruction)
 
 
 def read_mmeb_visdoc_task(
@@ -233,16 +148,16 @@ def read_mmeb_visdoc_task(
     folder = Path(folder)
     image_dir = Path(image_dir) if image_dir is not None else folder.parent.parent / name
     qrels: dict[str, dict[str, float]] = {}
-    for row in _read_parquet_rows(folder / "qrels"):
+    for row in read_rows(folder / "qrels"):
         if float(row["score"]) > 0:
             qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = float(row["score"])
     corpus, corpus_index = [], {}
-    for row in _read_parquet_rows(folder / "corpus", columns=["corpus-id", "image"]):
+    for row in read_rows(folder / "corpus", columns=["corpus-id", "image"]):
         corpus_id = str(row["corpus-id"])
         corpus_index[corpus_id] = len(corpus)
         corpus.append({"image": str(_page_file(image_dir, corpus_id, row["image"]))})
     queries, relevance, dropped = [], [], 0
-    for row in _read_parquet_rows(folder / "queries"):
+    for row in read_rows(folder / "queries"):
         if language is not None and row.get("language") != language:
             continue
         grades = {corpus_index[c]: g for c, g in qrels.get(str(row["query-id"]), {}).items() if c in corpus_index}
@@ -253,60 +168,7 @@ def read_mmeb_visdoc_task(
         relevance.append(grades)
     if dropped:
         logger.warning("%s: dropped %d queries without a relevant page in the corpus.", name, dropped)
-    return _task(name, queries, corpus, relevance, None, None, None)
-
-
-def sample_frames(frame_dir: Path, num_frames: int) -> list[str]:
-    """`num_frames` image files of `frame_dir` at evenly spaced positions (natural sort order, first and last
-    included), or all of them when there are fewer; `[]` when the folder is missing or holds no image."""
-    if not frame_dir.is_dir():
-        return []
-    frames = sorted(
-        (p for p in frame_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
-        key=lambda p: _natural_key(p.name),
-    )
-    if num_frames < len(frames):
-        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, num_frames, dtype=int)]
-    return [str(p) for p in frames]
-
-
-def _task(name, queries, corpus, relevance, pools, query_instruction, corpus_instruction) -> RetrievalTask:
-    spec = MMEB_V2_BY_NAME.get(name)
-    if not queries:
-        raise ValueError(f"{name}: no queries were read.")
-    return RetrievalTask(
-        name=name,
-        queries=queries,
-        corpus=corpus,
-        relevance=relevance,
-        pools=pools,
-        metric=spec.metric if spec else "hit@1",
-        # None: the manifest's instruction (VisDoc), or else the processor's default
-        query_instruction=query_instruction if query_instruction is not None or not spec else spec.query_instruction,
-        corpus_instruction=corpus_instruction
-        if corpus_instruction is not None or not spec
-        else spec.corpus_instruction,
-        group=spec.group if spec else None,
-        metadata={"source": "MMEB-V2"},
-    )
-
-
-def _read_parquet_rows(folder: Path, columns: list[str] | None = None):
-    """The rows of every parquet file under `folder` (sorted by path), as dicts, read batch by batch."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise ImportError(
-            "Reading MMEB-V2 parquet files needs pyarrow: pip install 'transformers_rime[eval]'."
-        ) from error
-    files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"No parquet file under {folder}.")
-    rows = []
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=columns):
-            rows.extend(batch.to_pylist())
-    return rows
+    return build_task(name, queries, corpus, relevance, None, None, None)
 
 
 def _page_file(image_dir: Path, corpus_id: str, image) -> Path:
@@ -341,5 +203,11 @@ def _strip_image_token(text: str) -> str:
     return text.replace(_IMAGE_TOKEN, "").strip()
 
 
-def _join(prefix: str, text: str | None) -> str:
-    return " ".join(part.strip() for part in (prefix, text or "") if part and part.strip())
+__all__ = [
+    "MMEB_V2_READABLE",
+    "read_mmeb_image_task",
+    "read_mmeb_v2",
+    "read_mmeb_video_retrieval_task",
+    "read_mmeb_visdoc_task",
+    "sample_frames",
+]
