@@ -168,22 +168,26 @@ def train_refine_rl(model, processor, rows, settings: QuickstartSettings, output
     return trainer.merged_model().eval(), rewards
 
 
-def evaluate_stage(model, processor, tasks, settings: QuickstartSettings, name: str) -> tuple[dict, list[int]]:
-    """Held-out Hit@1 (mean over the kinds) in every mode pair, and the rewrite lengths of the queries in gen mode."""
+def evaluate_stage(model, processor, tasks, settings: QuickstartSettings, name: str) -> dict:
+    """Held-out Hit@1 (mean over the kinds) in every mode pair."""
     from .evaluation import evaluate
 
-    encoder = RimeEncoder(model, processor)
     with tempfile.TemporaryDirectory() as scratch:
         results = evaluate(
-            encoder,
+            RimeEncoder(model, processor),
             tasks,
             output_dir=scratch,
             max_new_tokens=settings.max_new_tokens,
             benchmark=f"quickstart: {name}",
         )
+    return {pair: results["scores"]["overall"][pair] for pair in PAIRS}
+
+
+def rewrite_lengths(model, processor, tasks, settings: QuickstartSettings) -> list[int]:
+    """The number of tokens the model writes for each held-out query in gen mode (the harness reports only means)."""
     queries = [query for task in tasks for query in task.queries]
-    lengths = [g.num_new_tokens for g in encoder.generate(queries, max_new_tokens=settings.max_new_tokens)]
-    return {pair: results["scores"]["overall"][pair] for pair in PAIRS}, lengths
+    generations = RimeEncoder(model, processor).generate(queries, max_new_tokens=settings.max_new_tokens)
+    return [generation.num_new_tokens for generation in generations]
 
 
 def run_quickstart(output_dir: str | Path, fast: bool = False, settings: QuickstartSettings | None = None) -> dict:
@@ -204,13 +208,12 @@ def run_quickstart(output_dir: str | Path, fast: bool = False, settings: Quickst
         "queries per kind\n(unseen colour-shape combinations). Hit@1 in every query-mode -> corpus-mode pair.\n"
     )
 
-    stages, lengths = {}, {}
-    stages["untrained"], lengths["untrained"] = evaluate_stage(model, processor, tasks, settings, "untrained")
+    stages = {"untrained": evaluate_stage(model, processor, tasks, settings, "untrained")}
     _print_stage("untrained", stages["untrained"])
 
     print(f"\nStage 1 (LM + InfoNCE + CMA), {settings.stage1_steps} steps of {settings.batch_size} pairs:")
     train_stage1(model, processor, settings, output_dir / "stage1")
-    stages["stage1"], lengths["stage1"] = evaluate_stage(model, processor, tasks, settings, "stage 1")
+    stages["stage1"] = evaluate_stage(model, processor, tasks, settings, "stage 1")
     _print_stage("stage1", stages["stage1"])
 
     print(
@@ -222,13 +225,14 @@ def run_quickstart(output_dir: str | Path, fast: bool = False, settings: Quickst
     rl_per_kind = max(-(-settings.rl_prompts * settings.rl_steps // len(KINDS)), settings.rl_negatives + 1)
     rl_rows = synthetic_pairs("train", rl_per_kind, seed=settings.seed + 2, negatives=settings.rl_negatives)
     model, rewards = train_refine_rl(model, processor, rl_rows, settings, output_dir / "stage2")
-    stages["stage2"], lengths["stage2"] = evaluate_stage(model, processor, tasks, settings, "stage 2")
+    stages["stage2"] = evaluate_stage(model, processor, tasks, settings, "stage 2")
+    lengths = rewrite_lengths(model, processor, tasks, settings)
     _print_stage("stage2", stages["stage2"])
 
     print("\nAblation: stage 1 again from the same random weights with the CMA weight at 0:")
     ablation = quickstart_model(processor, seed=settings.seed)
     train_stage1(ablation, processor, settings, output_dir / "stage1_no_cma", cma_weight=0.0)
-    stages["stage1_no_cma"], _ = evaluate_stage(ablation, processor, tasks, settings, "stage 1 without CMA")
+    stages["stage1_no_cma"] = evaluate_stage(ablation, processor, tasks, settings, "stage 1 without CMA")
     _print_stage("stage1_no_cma", stages["stage1_no_cma"])
 
     model_dir = output_dir / "model"
@@ -237,7 +241,7 @@ def run_quickstart(output_dir: str | Path, fast: bool = False, settings: Quickst
 
     results = {
         "stages": stages,
-        "rewrite_tokens_median": float(np.median(lengths["stage2"])),
+        "rewrite_tokens_median": float(np.median(lengths)),
         "seconds": round(time.perf_counter() - start, 1),
         "refine_rl_rewards": rewards,
         "reload_max_difference": reload_difference,
