@@ -56,10 +56,17 @@ QUICKSTART_INSTRUCTIONS = {
 class QuickstartSettings:
     """The sizes of a quickstart run. `QuickstartSettings.fast()` is the CI variant (under 2 minutes on 2 cores)."""
 
-    stage1_steps: int = 600
+    stage1_steps: int = 1000
     batch_size: int = 32
     learning_rate: float = 1e-3
     temperature: float = 0.05
+    # the rewrite LM loss weighs 3x: the gen modes are only as good as the rewrites the model writes at test time
+    lm_weight: float = 3.0
+    # CMA's same-input term pulls each item's gen embedding towards its disc one, so a wrong word in a generated
+    # rewrite (the held-out colour-shape pairs are never written in training) costs less at test time
+    same_input_weight: float = 3.0
+    # one kind per batch: in-batch negatives of the same kind, as the held-out tasks rank within a kind
+    homogeneous_batches: bool = True
     rl_steps: int = 12
     rl_prompts: int = 8
     rl_generations: int = 4
@@ -126,7 +133,9 @@ def train_stage1(model, processor, settings: QuickstartSettings, output_dir, cma
         warmup_steps=min(50, settings.stage1_steps // 10),
         lr_scheduler_type="cosine",
         temperature=settings.temperature,
+        lm_weight=settings.lm_weight,
         cma_weight=cma_weight,
+        same_input_weight=settings.same_input_weight,
         freeze_vision_tower=False,  # random weights: the vision tower has to learn too
         report_to="none",
         save_strategy="no",
@@ -134,7 +143,9 @@ def train_stage1(model, processor, settings: QuickstartSettings, output_dir, cma
         seed=settings.seed,
     )
     # a stream, so no image is seen twice: with a fixed set of a few hundred pairs the model memorises them
-    rows = SyntheticPairStream("train", batch_size=settings.batch_size, seed=settings.seed)
+    rows = SyntheticPairStream(
+        "train", batch_size=settings.batch_size, seed=settings.seed, homogeneous=settings.homogeneous_batches
+    )
     RimeContrastiveTrainer(model, args=args, train_dataset=rows, processing_class=processor).train()
     return model.eval()
 
