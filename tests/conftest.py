@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -59,13 +58,14 @@ def image():
     return random_image(64, 48, seed=1)
 
 
-def _run_two_processes(worker: Path, out: Path) -> None:
-    """Run `worker out` under `torchrun --nproc_per_node 2` (CPU, gloo) and fail with its stderr if it fails."""
+def _run_two_processes(*program) -> None:
+    """Run `program` (a worker script and its arguments, or `"-m", module, ...`) under `torchrun --nproc_per_node 2`
+    (CPU, gloo) and fail with its stderr if it fails."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1"]
-    command += [f"--master_port={port}", str(worker), str(out)]
+    command += [f"--master_port={port}", *map(str, program)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -73,5 +73,6 @@ def _run_two_processes(worker: Path, out: Path) -> None:
 
 @pytest.fixture(scope="session")
 def run_two_processes():
-    """`run_two_processes(worker, out)`: a torchrun launch of a test worker script on two CPU processes."""
+    """`run_two_processes(worker, out)`: a torchrun launch of a test worker script (or of `"-m", module, ...`) on
+    two CPU processes."""
     return _run_two_processes

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from transformers_rime import RimeEncoder
-from transformers_rime.evaluation import evaluate
+from transformers_rime.evaluation import evaluate, write_task
 from transformers_rime.testing import tiny_rime_model, tiny_rime_processor
 
 
@@ -33,3 +33,27 @@ def test_two_processes_shard_the_encoding_and_match_one_process(tmp_path, run_tw
         np.testing.assert_allclose(
             np.load(cached), np.load(tmp_path / "single" / cached.relative_to(tmp_path)), atol=1e-5
         )
+
+
+def test_rime_eval_under_torchrun_scores_as_one_process(tmp_path, run_two_processes):
+    processor = tiny_rime_processor()
+    encoder = RimeEncoder(tiny_rime_model(processor=processor), processor)
+    encoder.save_pretrained(tmp_path / "model")
+    write_task(task(), tmp_path / "colors")
+    run_two_processes(
+        "-m",
+        "transformers_rime.cli",
+        "eval",
+        "--model",
+        tmp_path / "model",
+        "--tasks",
+        tmp_path / "colors",
+        "--output-dir",
+        tmp_path / "out",
+        "--max-new-tokens",
+        4,
+    )
+    distributed = json.loads((tmp_path / "out" / "results.json").read_text())
+    single = evaluate(encoder, [task()], output_dir=tmp_path / "single", max_new_tokens=4, show_progress_bar=False)
+    for pair, metrics in single["tasks"]["colors"]["metrics"].items():
+        assert distributed["tasks"]["colors"]["metrics"][pair] == pytest.approx(metrics)

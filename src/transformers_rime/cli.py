@@ -165,7 +165,7 @@ def run_eval(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"rime eval: {error}", file=sys.stderr)
         return 2
-    device, main_process = args.device, True
+    device, main_process, state = args.device, True, None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun / accelerate launch: one device per process
         from accelerate import PartialState
 
@@ -188,6 +188,8 @@ def run_eval(args) -> int:
         if args.mmeb_v2 is not None:
             _report_mmeb(results, args.output_dir)
         print(f"Wrote results.json, results.md and results.png to {args.output_dir} ({len(results['tasks'])} tasks).")
+    if state is not None:
+        state.destroy_process_group()  # a process that exits with a live gloo group can abort (SIGABRT)
     return 0
 
 
