@@ -149,6 +149,7 @@ def main() -> None:
         print("in-batch accuracy after: ", accuracy_line(trainer.evaluate()))
     if trainer.is_world_process_zero():
         print(f"Saved to {training_args.output_dir} (load it with RimeEncoder.from_pretrained).")
+    trainer.accelerator.end_training()  # destroys the process group: a live one can abort the exit
 
 
 if __name__ == "__main__":

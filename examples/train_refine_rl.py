@@ -145,6 +145,7 @@ def main() -> None:
                 f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}"
             )
         print(f"Saved to {training_args.output_dir} (load it with RimeEncoder.from_pretrained).")
+    trainer.accelerator.end_training()  # destroys the process group: a live one can abort the exit
 
 
 if __name__ == "__main__":
