@@ -21,7 +21,7 @@ import logging
 import re
 from pathlib import Path
 
-from .mmeb_files import Corpus, build_task, data_files, join, required_frames, rows_of, sample_frames
+from .mmeb_files import Corpus, build_task, data_files, join, read_rows, required_frames, rows_of, sample_frames
 from .tasks import RetrievalTask
 
 
@@ -177,7 +177,7 @@ def read_mmeb_video_classification_task(
         raise ValueError(f"{name!r} is not an MMEB-V2 video classification task ({', '.join(VIDEO_CLASSIFICATION)}).")
     _, instruction, num_classes = VIDEO_CLASSIFICATION[name]
     annotations, frame_root = Path(annotations), Path(frame_root)
-    rows = _rows(name, annotations)
+    rows = read_rows(annotations, split=_split(name))
     if num_classes is None:
         rows = rows[:_SSV2_QUERIES]
     corpus, queries, relevance, pools = Corpus(), [], [], []
@@ -193,7 +193,7 @@ def read_mmeb_video_classification_task(
         label = row["pos_text"]
         if num_classes is None:
             pools.append(corpus.pool((text, {"text": text}) for text in [*row["neg_text"], label]))
-        elif labels and label not in labels:
+        elif labels and label not in corpus:
             raise ValueError(f"{name} row {number}: class {label!r} is not among the {len(labels)} labels given.")
         relevance.append({corpus.add(label, {"text": label}): 1.0})
     if num_classes is not None and len(corpus.items) < num_classes:
@@ -221,7 +221,7 @@ def read_mmeb_video_qa_task(
         raise ValueError(f"{name!r} is not an MMEB-V2 video QA task ({', '.join(VIDEO_QA)}).")
     frame_root = Path(frame_root)
     corpus, queries, relevance, pools, skipped = Corpus(), [], [], [], 0
-    for file in data_files(annotations, _SPLIT.get(name, "test")):
+    for file in data_files(annotations, _split(name)):
         for number, row in enumerate(rows_of(file), start=1):
             if name == "MVBench":
                 row = {"subset": file.stem, **row}
@@ -255,7 +255,7 @@ def read_mmeb_moment_retrieval_task(
     frame_root = Path(frame_root)
     read_row = _momentseeker_row if name == "MomentSeeker" else _moment_row
     corpus, queries, relevance, pools = Corpus(), [], [], []
-    for number, row in enumerate(_rows(name, Path(annotations)), start=1):
+    for number, row in enumerate(read_rows(annotations, split=_split(name)), start=1):
         query, clips = read_row(row, frame_root, num_frames, f"{name} row {number}")
         pool = corpus.pool((str(folder), {"video": frames}) for folder, (frames, _) in clips.items())
         positives = {index: 1.0 for index, (_, positive) in zip(pool, clips.values()) if positive}
@@ -301,8 +301,8 @@ def _clip_name(path: str) -> str:
     return path.split(".mp4")[0].replace("/", "_")
 
 
-def _rows(name: str, annotations: Path) -> list[dict]:
-    return [row for file in data_files(annotations, _SPLIT.get(name, "test")) for row in rows_of(file)]
+def _split(name: str) -> str:
+    return _SPLIT.get(name, "test")
 
 
 # --- one function per QA dataset: row -> (frame folder, query text, options, index of the answer or None) ---
