@@ -294,14 +294,7 @@ def gen_call(model, batch, new_tokens: int) -> Callable:
     """
     from transformers import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
 
-    config = model.config
-    eos = model.vlm.generation_config.eos_token_id
-    banned = {
-        config.gen_emb_token_id,
-        *(config.end_of_turn_token_ids or []),
-        *(eos if isinstance(eos, list) else [eos]),
-    }
-    banned.discard(None)
+    banned = {model.config.gen_emb_token_id, *model.stop_token_ids()}
     prompt_length = batch["input_ids"].shape[1]
     force = MinNewTokensLengthLogitsProcessor(prompt_length, new_tokens, sorted(banned), device=model.device)
 

@@ -70,6 +70,14 @@ def test_unknown_mode_role_and_output_type(encoder):
         encoder.encode(["x"], convert_to="list")
 
 
+@pytest.mark.parametrize("method", ["encode", "generate"])
+def test_several_rewrites_per_item_are_refused_with_a_pointer(encoder, method, monkeypatch):
+    monkeypatch.setattr(encoder.model, "generate_embeddings", lambda *a, **k: pytest.fail("model work started"))
+    kwargs = {"mode": "gen"} if method == "encode" else {}
+    with pytest.raises(ValueError, match="one embedding per item.*num_return_sequences=k"):
+        getattr(encoder, method)(["x", "y"], do_sample=True, num_return_sequences=3, **kwargs)
+
+
 def test_mixed_inputs_encode_to_unit_vectors(encoder, image_path, image):
     items = ["a red car", image, image_path, [image, image], {"text": "what?", "image": image_path}]
     for mode in ("disc", "gen"):

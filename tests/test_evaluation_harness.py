@@ -9,7 +9,7 @@ from PIL import Image
 
 from transformers_rime import RimeEncoder
 from transformers_rime.cli import main as rime
-from transformers_rime.evaluation import RetrievalTask, evaluate, read_task, write_task
+from transformers_rime.evaluation import RetrievalTask, encoder_fingerprint, evaluate, read_task, write_task
 from transformers_rime.testing import tiny_rime_model, tiny_rime_processor
 
 
@@ -164,3 +164,70 @@ def test_an_interrupted_run_resumes_without_redoing_finished_work(tmp_path, enco
     monkeypatch.setattr(RimeEncoder, "generate", original)
     uncached = evaluate(encoder, tasks, max_new_tokens=4, show_progress_bar=False)
     assert results["scores"] == uncached["scores"]
+
+
+def test_the_cache_never_reuses_embeddings_made_under_other_settings(tmp_path):
+    """Every setting that changes an embedding keys the cache: the rewrite budget in effect (also when it comes from
+    the model config), the processor's prompts, pixel budget and video settings, and the model config."""
+    processor = tiny_rime_processor()
+    encoder = RimeEncoder(tiny_rime_model(processor=processor), processor)
+    task = text_task()
+
+    def run(**kwargs):
+        return evaluate(encoder, [task], output_dir=tmp_path, show_progress_bar=False, **kwargs)
+
+    def fresh(**kwargs):  # the same settings, no cache
+        return evaluate(encoder, [task], show_progress_bar=False, **kwargs)["tasks"]["colors"]["metrics"]
+
+    encoder.model.config.max_new_tokens = 1
+    first = run()
+    assert first["max_new_tokens"] == 1
+    encoder.model.config.max_new_tokens = 6  # a budget from the config, not from the argument
+    second = run()
+    assert second["max_new_tokens"] == 6
+    assert second["tasks"]["colors"]["metrics"] == fresh()
+    assert (
+        second["tasks"]["colors"]["generated_tokens_per_item"] != first["tasks"]["colors"]["generated_tokens_per_item"]
+    )
+
+    fingerprints = {second["model_fingerprint"]}
+    changes = [
+        lambda: setattr(encoder.processor, "query_instruction", "Find the matching document:"),
+        lambda: setattr(encoder.processor, "max_video_frames", 4),
+        lambda: setattr(encoder.processor.image_processor, "size", {"shortest_edge": 784, "longest_edge": 784 * 4}),
+        lambda: setattr(
+            encoder.processor, "chat_template", encoder.processor.chat_template.replace("helpful", "kind")
+        ),
+        lambda: setattr(encoder.model.config, "normalize", False),
+        lambda: setattr(encoder.model.vlm.generation_config, "eos_token_id", [1, 2]),
+    ]
+    for change in changes:
+        change()
+        fingerprints.add(encoder_fingerprint(encoder))
+    assert len(fingerprints) == len(changes) + 1
+    # the model config's prompts are the encoder's (adopt_config); a changed instruction gives new embeddings
+    encoder.model.config.normalize = True
+    encoder.model.config.query_instruction = encoder.processor.query_instruction
+    assert run(max_new_tokens=6)["tasks"]["colors"]["metrics"] == fresh(max_new_tokens=6)
+
+
+def test_a_budget_change_reuses_the_disc_embeddings(tmp_path, encoder, monkeypatch):
+    evaluate(encoder, [text_task()], output_dir=tmp_path, max_new_tokens=2, show_progress_bar=False)
+    calls = []
+    original = RimeEncoder.encode
+    monkeypatch.setattr(RimeEncoder, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    results = evaluate(encoder, [text_task()], output_dir=tmp_path, max_new_tokens=3, show_progress_bar=False)
+    assert not calls  # both sides' disc embeddings came from the cache
+    assert results["max_new_tokens"] == 3 and results["tasks"]["colors"]["max_new_tokens"] == 3
+
+
+def test_rime_eval_loads_the_model_in_the_dtype_asked_for(tmp_path):
+    from transformers_rime.testing import write_published_checkpoint
+
+    published = write_published_checkpoint(tmp_path / "published")
+    write_task(text_task(), tmp_path / "tasks" / "colors")
+    arguments = ["eval", "--model", str(published), "--tasks", str(tmp_path / "tasks"), "--max-new-tokens", "2"]
+    assert rime([*arguments, "--output-dir", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert rime([*arguments, "--output-dir", str(tmp_path / "auto")]) == 0
+    assert json.loads((tmp_path / "bf16" / "results.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "auto" / "results.json").read_text())["dtype"] == "float32"

@@ -81,6 +81,7 @@ def test_hub_files_import_only_what_their_loaders_have_and_siblings():
         "inspect",
         "dataclasses",
         "collections",
+        "copy",
         "typing",
         "packaging",  # a transformers dependency
         "pathlib",
@@ -256,3 +257,39 @@ def test_output_loading_info_is_still_available(saved_dir):
     model, info = RimeForEmbedding.from_pretrained(saved_dir, output_loading_info=True)
     assert isinstance(model, RimeForEmbedding)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+# ----------------------------------------------------------------------------- loading options reach the backbone
+
+
+@pytest.mark.parametrize("layout", ["published", "rime"])
+def test_dtype_reaches_the_weights_in_either_layout(tmp_path, layout):
+    """`dtype=` loads the weights in that dtype (bf16 takes half the memory of fp32), through every entry point."""
+    path = write_published_checkpoint(tmp_path / "published")
+    if layout == "rime":
+        RimeEncoder.from_pretrained(path, device="cpu").save_pretrained(tmp_path / "rime", model_card=False)
+        path = tmp_path / "rime"
+    full = RimeForEmbedding.from_pretrained(path, dtype=torch.float32)
+    half = RimeForEmbedding.from_pretrained(path, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.config.dtype == torch.bfloat16
+    assert half.get_memory_footprint(return_buffers=False) * 2 == full.get_memory_footprint(return_buffers=False)
+    encoder = RimeEncoder.from_pretrained(path, device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in encoder.model.parameters()} == {torch.bfloat16}
+    assert encoder.encode(["a red car"]).shape == (1, 64)
+
+
+def test_loading_options_reach_the_backbone_and_rime_options_the_config(tmp_path):
+    path = write_published_checkpoint(tmp_path)
+    model = RimeForEmbedding.from_pretrained(
+        path, attn_implementation="eager", device_map="cpu", max_new_tokens=7, query_instruction="Find:"
+    )
+    assert model.vlm.model.language_model.config._attn_implementation == "eager"
+    assert model.vlm.model.visual.config._attn_implementation == "eager"
+    assert (model.config.max_new_tokens, model.config.query_instruction) == (7, "Find:")
+    assert model.device.type == "cpu"
+    encoder = RimeEncoder.from_pretrained(path, device_map="cpu", attn_implementation="eager")
+    assert encoder.model.vlm.model.language_model.config._attn_implementation == "eager"
+    assert encoder.encode(["a red car"]).shape == (1, 64)
+    with pytest.raises(ValueError, match="either `device` or `device_map`"):
+        RimeEncoder.from_pretrained(path, device="cpu", device_map="cpu")

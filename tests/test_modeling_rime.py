@@ -299,3 +299,162 @@ def test_a_caller_stopping_criterion_that_cuts_generation_short_is_an_error(proc
     cut = MaxLengthCriteria(max_length=batch["input_ids"].shape[1] + 2)
     with pytest.raises(RuntimeError, match="stopped before"):
         model.generate_embeddings(**batch, max_new_tokens=6, stopping_criteria=[cut])
+
+
+# ----------------------------------------------------------------------------- decoding options
+
+
+class SetScores:
+    """A caller's logits processor: at step `step`, only `values` (token id -> logit) remain, for every row."""
+
+    def __init__(self, prompt_length: int, values: dict[int, float], step: int = 0):
+        self.prompt_length, self.values, self.step = prompt_length, values, step
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.prompt_length != self.step:
+            return scores
+        scores = torch.full_like(scores, float("-inf"))
+        for token_id, value in self.values.items():
+            scores[:, token_id] = value
+        return scores
+
+
+def _first_step(model, batch, values, **sampling):
+    plan = SetScores(batch["input_ids"].shape[1], values)
+    return model.generate_embeddings(**batch, max_new_tokens=1, do_sample=True, logits_processor=[plan], **sampling)
+
+
+def test_sampling_moves_the_end_of_turn_mass_of_the_final_distribution(processor, model):
+    """Temperature, top-k and top-p act before an end of turn becomes <gen_emb> (transformers applies a caller's
+    processors before its warpers, so the merge cannot be one of them)."""
+    gen_id, end_id = processor.gen_emb_token_id, processor.end_of_turn_token_ids[0]
+    word = processor.tokenizer.convert_tokens_to_ids("a")
+    one = processor(text=TEXTS[:1], mode="gen", return_tensors="pt")
+    # top-k 1 keeps only the best token: a word beats the end of turn, which merged with <gen_emb> would not
+    out = _first_step(model, one, {word: 1.0, end_id: 0.8, gen_id: 0.8}, top_k=1)
+    assert out.sequences[0, 0] == word
+    # ... and when the end of turn is best, every draw is a substituted <gen_emb>
+    many = processor(text=TEXTS[:1] * 32, mode="gen", return_tensors="pt")
+    out = _first_step(model, many, {word: 0.5, end_id: 1.0, gen_id: 0.9}, top_k=1)
+    assert (out.sequences[:, 0] == gen_id).all() and not out.finished.any()
+    # at temperature 0.5, P(<gen_emb>) is the end-of-turn + <gen_emb> mass of softmax(scores / 0.5)
+    probabilities = torch.tensor([1.0, 0.0, 0.0]).div(0.5).softmax(0)  # word, end of turn, <gen_emb>
+    torch.manual_seed(0)
+    rows = processor(text=TEXTS[:1] * 2000, mode="gen", return_tensors="pt")
+    out = _first_step(model, rows, {word: 1.0, end_id: 0.0, gen_id: 0.0}, temperature=0.5)
+    drew_gen = out.sequences[:, 0] == gen_id
+    assert abs(drew_gen.float().mean() - (probabilities[1] + probabilities[2])) < 0.04  # 0.213; 0.351 if merged first
+    assert abs(out.finished[drew_gen].float().mean() - 0.5) < 0.08  # half the <gen_emb> draws were ends of turn
+
+
+def test_sampling_warpers_are_the_ones_generate_applies(model):
+    """The warpers we sample through are the ones transformers builds (this fails when it adds a new one)."""
+    from transformers import GenerationConfig
+
+    from transformers_rime.models.rime.modeling_rime import SAMPLING_SETTINGS, sampling_warpers
+
+    every = dict(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, typical_p=0.95, epsilon_cutoff=3e-4, eta_cutoff=3e-4)
+    config = GenerationConfig(do_sample=True, **every, top_h=0.5)
+    theirs = model.vlm._get_logits_processor(config, input_ids_seq_length=4, device="cpu")
+    assert [type(w).__name__ for w in sampling_warpers(config)] == [type(w).__name__ for w in theirs]
+    neutral = model.vlm._get_logits_processor(
+        GenerationConfig(do_sample=True, **SAMPLING_SETTINGS), input_ids_seq_length=4, device="cpu"
+    )
+    assert len(neutral) == 0
+
+
+@pytest.mark.parametrize("where", ["generation_config", "argument"])
+def test_gen_emb_as_an_end_of_sequence_id_changes_nothing(processor, model, where):
+    gen_id, end_id = processor.gen_emb_token_id, processor.end_of_turn_token_ids[0]
+    for rows in (TEXTS[:1], TEXTS):  # a batch of one always crashed
+        batch = processor(text=rows, images=_images(len(rows)), mode="gen", return_tensors="pt")
+        force = [ForceTokens(batch["input_ids"].shape[1], {0: (2, gen_id)})]
+        expected = model.generate_embeddings(**batch, max_new_tokens=5, logits_processor=force)
+        kwargs = {}
+        if where == "argument":
+            kwargs["eos_token_id"] = [end_id, gen_id]
+        else:
+            model.vlm.generation_config.eos_token_id = [end_id, gen_id]
+        out = model.generate_embeddings(**batch, max_new_tokens=5, logits_processor=force, **kwargs)
+        model.vlm.generation_config.eos_token_id = end_id
+        assert out.finished.tolist() == expected.finished.tolist() and out.finished[0]
+        assert torch.equal(out.sequences, expected.sequences)
+        torch.testing.assert_close(out.embeddings, expected.embeddings, atol=0, rtol=0)
+
+
+def test_a_callers_end_of_sequence_id_ends_the_rewrite(processor, model):
+    """An id the caller names as end of sequence is an end of turn: replaced by <gen_emb>, flagged unfinished."""
+    batch = processor(text=TEXTS[:1], mode="gen", return_tensors="pt")
+    word = processor.tokenizer.convert_tokens_to_ids("a")
+    force = [ForceTokens(batch["input_ids"].shape[1], {0: (1, word)})]
+    out = model.generate_embeddings(**batch, max_new_tokens=5, logits_processor=force, eos_token_id=[word])
+    assert out.sequences[0].tolist()[:2] != [word] and out.sequences[0, 1] == processor.gen_emb_token_id
+    assert out.num_new_tokens.tolist() == [1] and not out.finished[0]
+
+
+def test_num_return_sequences_draws_k_rewrites_per_prompt(processor, model):
+    batch = processor(text=TEXTS[:2], images=_images(2), mode="gen", return_tensors="pt")
+    torch.manual_seed(0)
+    out = model.generate_embeddings(**batch, max_new_tokens=6, do_sample=True, temperature=3.0, num_return_sequences=3)
+    assert out.embeddings.shape == (6, 64) and out.finished.shape == (6,)
+    disc = model(**processor(text=TEXTS[:2], images=_images(2), mode="disc", return_tensors="pt")).embeddings
+    torch.testing.assert_close(out.disc_embeddings, disc.detach().repeat_interleave(3, dim=0), atol=1e-5, rtol=0)
+    assert len({tuple(row.tolist()) for row in out.sequences[:3]}) > 1
+    # each draw's embedding is the one a teacher-forced pass reads from its own prompt + rewrite
+    for row in range(6):
+        prompt = processor(text=[TEXTS[row // 3]], images=[_images(2)[row // 3]], mode="gen", return_tensors="pt")
+        n = int(out.num_new_tokens[row]) + int(not out.finished[row])
+        ids = torch.cat([prompt["input_ids"], out.sequences[row : row + 1, :n]], dim=1)
+        extra = {k: v for k, v in prompt.items() if k in ("pixel_values", "image_grid_thw")}
+        forced = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            mm_token_type_ids=(ids == processor.image_token_id).long(),
+            return_gen_embeddings=True,
+            **extra,
+        )
+        torch.testing.assert_close(out.embeddings[row], forced.gen_embeddings[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_return_sequences": 2}, "needs do_sample=True"),
+        ({"num_beams": 2}, "beam search"),
+        ({"prompt_lookup_num_tokens": 3}, "decoding loop"),
+        ({"do_sample": True, "num_return_sequences": 0}, "positive integer"),
+    ],
+)
+def test_decoding_modes_the_reader_cannot_follow_are_refused_up_front(processor, model, kwargs, message, monkeypatch):
+    monkeypatch.setattr(model.vlm, "generate", lambda *a, **k: pytest.fail("generate ran"))
+    with pytest.raises(ValueError, match=message):
+        model.generate_embeddings(**processor(text=TEXTS[:1], mode="gen", return_tensors="pt"), **kwargs)
+
+
+def test_gen_embeddings_of_a_prompt_without_its_rewrite_are_an_error(processor, model):
+    """The gen instruction names <gen_emb>; a prompt without the rewrite must not be read there."""
+    prompt = processor(text=TEXTS[:2], mode="gen", return_tensors="pt")
+    assert (prompt["input_ids"] == processor.gen_emb_token_id).any(dim=1).all()
+    with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\]: the last <gen_emb> is inside the prompt"):
+        model(**prompt, return_gen_embeddings=True)
+
+
+def test_inference_ends_the_rewrite_on_every_end_of_turn_token(processor, model):
+    """`<|endoftext|>` ends a rewrite even when the generation config lists only `<|im_end|>` (RL rollouts stop on
+    the same ids: see the Refine-RL tests)."""
+    end_of_text = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert model.vlm.generation_config.eos_token_id != end_of_text
+    assert set(model.stop_token_ids()) == set(processor.end_of_turn_token_ids)
+    batch = processor(text=TEXTS[:1], mode="gen", return_tensors="pt")
+    force = [ForceTokens(batch["input_ids"].shape[1], {0: (2, end_of_text)})]
+    out = model.generate_embeddings(**batch, max_new_tokens=5, logits_processor=force)
+    assert out.sequences[0, 2] == processor.gen_emb_token_id and not out.finished[0]
+
+
+def test_a_rewrite_that_writes_disc_emb_is_still_read_after_the_rewrite(processor, model):
+    """A sampled rewrite may contain `<disc_emb>`; the prompt's (first) one anchors the check."""
+    prompt = processor(text=TEXTS[:1], mode="gen", return_tensors="pt")
+    rewrite = torch.tensor([[processor.disc_emb_token_id, 11, processor.gen_emb_token_id]])
+    ids = torch.cat([prompt["input_ids"], rewrite], dim=1)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), return_gen_embeddings=True)
+    torch.testing.assert_close(out.gen_embeddings[0], F.normalize(out.last_hidden_state[0, -1], dim=-1))

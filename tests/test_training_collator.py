@@ -134,9 +134,29 @@ def test_rewrite_target_and_append_target_tokens_helpers():
     batch = {
         "input_ids": torch.tensor([[0, 5]]),
         "attention_mask": torch.tensor([[0, 1]]),
-        "mm": torch.tensor([[0, 1]]),
+        "mm_token_type_ids": torch.tensor([[0, 1]]),
     }
     from transformers import BatchFeature
 
     out = append_target_tokens(BatchFeature(batch), [[7, 8]], pad_token_id=0)
-    assert out["mm"].tolist() == [[1, 0, 0]] and out["attention_mask"].tolist() == [[1, 1, 1]]
+    assert out["mm_token_type_ids"].tolist() == [[1, 0, 0]] and out["attention_mask"].tolist() == [[1, 1, 1]]
+
+
+def test_pixel_values_shaped_like_the_ids_are_not_padded_as_tokens(processor):
+    """A chunk whose padded prompt is as long as the patch dimension (1176 for Qwen2-VL) and whose patch count equals
+    its size gives `pixel_values` the ids' shape; they must stay pixels."""
+    from transformers import BatchFeature
+
+    pixels = torch.randn(2, 6)  # 2 patches of dimension 6, two prompts of 6 tokens
+    batch = BatchFeature(
+        {
+            "input_ids": torch.arange(12).view(2, 6),
+            "attention_mask": torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]),
+            "mm_token_type_ids": torch.zeros(2, 6, dtype=torch.long),
+            "pixel_values": pixels,
+            "image_grid_thw": torch.tensor([[1, 1, 2]]),
+        }
+    )
+    out = append_target_tokens(batch, [[7], [8, 9]], pad_token_id=0)
+    assert torch.equal(out["pixel_values"], pixels)
+    assert out["input_ids"].shape == out["mm_token_type_ids"].shape == (2, 8)

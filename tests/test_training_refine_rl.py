@@ -42,13 +42,14 @@ def processor():
     return tiny_rime_processor()
 
 
-def make_trainer(tmp_path, processor, rows=None, peft_config=None, **overrides):
+def make_trainer(tmp_path, processor, rows=None, peft_config=None, eval_rows=None, **overrides):
     model = tiny_rime_model(processor=processor)
     rows = rows if rows is not None else synthetic_pairs(8, with_images=True)
     return RimeRefineRLTrainer(
         model,
         args=make_args(tmp_path, **overrides),
         train_dataset=rows,
+        eval_dataset=eval_rows,
         processing_class=processor,
         peft_config=peft_config,
     )
@@ -270,3 +271,159 @@ def test_config_and_version_errors(tmp_path, processor):
         make_trainer(
             tmp_path, processor, rows=[{"query": "a", "positive": "b"}, {"query": "a", "positive": {"txt": 1}}]
         )
+
+
+# ----------------------------------------------------------------------------- checkpoints, resuming, evaluation
+
+
+def _rl_run(output_dir, use_lora=False, eval_rows=None, **overrides):
+    """A Refine-RL trainer over a model with non-default RIME settings (its own processor, which adopts them)."""
+    from peft import LoraConfig
+
+    processor = tiny_rime_processor()
+    model = tiny_rime_model(processor=processor, max_new_tokens=7, query_instruction="Find the match:")
+    settings = {"max_steps": 2, "save_strategy": "steps", "save_steps": 1, "learning_rate": 1e-2, **overrides}
+    return RimeRefineRLTrainer(
+        model,
+        args=make_args(output_dir, **settings),
+        train_dataset=synthetic_pairs(8, with_images=True),
+        eval_dataset=eval_rows,
+        processing_class=processor,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if use_lora else None,
+    )
+
+
+def _embeddings(model, processor, items):
+    with torch.no_grad():
+        disc = model.eval()(**processor.process_inputs(items, "disc")).embeddings
+        gen = model.generate_embeddings(**processor.process_inputs(items, "gen")).embeddings
+    return disc, gen
+
+
+@pytest.mark.parametrize("use_lora", [False, True], ids=["full", "lora"])
+def test_every_checkpoint_is_a_full_rime_checkpoint(tmp_path, use_lora):
+    """checkpoint-N reloads with the trained model's settings and embeddings, like save_model's output."""
+    import json
+
+    trainer = _rl_run(tmp_path, use_lora=use_lora)
+    trainer.train()
+    checkpoint = tmp_path / "checkpoint-2"
+    assert json.loads((checkpoint / "config.json").read_text())["model_type"] == "rime"
+    assert (checkpoint / "modules.json").is_file() and (checkpoint / "processor_config.json").is_file()
+    assert (checkpoint / "adapter" / "adapter_config.json").is_file() == use_lora
+    encoder = RimeEncoder.from_pretrained(checkpoint, device="cpu")
+    assert encoder.model.config.max_new_tokens == 7
+    assert encoder.processor.query_instruction == "Find the match:"
+    items = [
+        "a red car",
+        {"text": "an automobile", "image": synthetic_pairs(1, with_images=True)[0]["positive"]["image"]},
+    ]
+    disc, gen = _embeddings(trainer.merged_model(), trainer.processing_class, items)
+    torch.testing.assert_close(encoder.encode(items, convert_to="tensor"), disc, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoder.encode(items, mode="gen", convert_to="tensor"), gen, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("use_lora", [False, True], ids=["full", "lora"])
+def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path, use_lora):
+    from transformers import TrainerCallback
+
+    whole = _rl_run(tmp_path / "whole", use_lora=use_lora)
+    whole.train()
+
+    class AtStart(TrainerCallback):  # the weights training resumes from, once the checkpoint is loaded
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.weights = {k: v.clone() for k, v in resumed.merged_model().state_dict().items()}
+
+    start = AtStart()
+    resumed = _rl_run(tmp_path / "resumed", use_lora=use_lora)
+    resumed.add_callback(start)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-1"))
+    saved = RimeForEmbedding.from_pretrained(tmp_path / "whole" / "checkpoint-1").state_dict()
+    assert start.weights.keys() == saved.keys()
+    assert all(torch.equal(start.weights[k], saved[k]) for k in saved)
+    assert resumed.state.global_step == 2
+    final, expected = resumed.merged_model().state_dict(), whole.merged_model().state_dict()
+    assert max((final[k] - expected[k]).abs().max() for k in final) < 1e-6  # the same second step
+
+
+def test_lora_cannot_resume_from_a_merged_export(tmp_path):
+    trainer = _rl_run(tmp_path / "run", use_lora=True, save_strategy="no", max_steps=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "export"))
+    assert not (tmp_path / "export" / "adapter").exists()
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        _rl_run(tmp_path / "again", use_lora=True).train(resume_from_checkpoint=str(tmp_path / "export"))
+
+
+def test_evaluation_keeps_the_pairs_of_symmetric_rollouts_together(tmp_path, processor):
+    """TRL's eval sampler shuffles single rows; with symmetric rollouts each pair's two sides share a batch, so
+    UME-R1's reward (and the anchor pools) see evaluation batches built like training's."""
+    rows = synthetic_pairs(7, with_images=True)
+    settings = dict(symmetric_rollouts=True, per_device_train_batch_size=8, per_device_eval_batch_size=8)
+    rewards = ["format", "anchor_retrieval", "rollout_contrast"]
+    trainer = make_trainer(tmp_path, processor, rows=rows[:4], eval_rows=rows[4:], rewards=rewards, **settings)
+    order = list(trainer._get_eval_sampler(trainer.eval_dataset))
+    assert len(order) == 3 * 2 * 2 and set(order) == set(range(6))  # 3 pairs x 2 sides x 2 rollouts
+    for start in range(0, len(order), 8):  # every eval batch holds both sides of its pairs, twice each (the last: 4)
+        batch = order[start : start + 8]
+        assert sorted(batch) == sorted(r for p in {row // 2 for row in batch} for r in (2 * p, 2 * p + 1) * 2)
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_rewards/rollout_contrast_reward/mean"] <= 1.0
+    with pytest.raises(ValueError, match="multiple of 2 x num_generations_eval"):
+        make_trainer(
+            tmp_path, processor, rows=rows[:4], eval_rows=rows[4:], **{**settings, "per_device_eval_batch_size": 6}
+        )
+
+
+def test_rollouts_stop_on_the_tokens_inference_stops_on(tmp_path, processor):
+    """`<|endoftext|>` ends a rewrite at inference although the backbone's generation config does not list it: it
+    must end a rollout too."""
+    trainer = make_trainer(tmp_path, processor)
+    end_of_text = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert end_of_text in trainer.rime_model.stop_token_ids()
+    assert end_of_text not in [trainer.rime_model.vlm.generation_config.eos_token_id]  # restored after TRL's setup
+    assert set(trainer.eos_token_ids) == {processor.gen_emb_token_id, *trainer.rime_model.stop_token_ids()}
+    assert trainer.generation_config.eos_token_id == trainer.eos_token_ids
+
+
+def test_the_best_checkpoint_is_loaded_back_at_the_end(tmp_path):
+    trainer = _rl_run(
+        tmp_path,
+        eval_rows=synthetic_pairs(2),
+        max_steps=3,
+        eval_strategy="steps",
+        eval_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="reward",
+        greater_is_better=False,  # the worst reward wins, so the best checkpoint is rarely the last one
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-3")  # an earlier model than the last one
+    saved = RimeForEmbedding.from_pretrained(best).state_dict()
+    loaded = trainer.rime_model.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+def test_a_gathered_backbone_checkpoint_is_rewritten_as_a_rime_checkpoint(tmp_path):
+    """Under DeepSpeed / FSDP, TRL's save gathers the sharded weights into a backbone checkpoint; the trainer then
+    rewrites it in RIME's layout. Here TRL's save runs on one CPU process, where it writes the same folder."""
+    from trl import GRPOTrainer
+
+    from transformers_rime.training.checkpoints import is_rime_checkpoint, rewrite_as_rime_checkpoint
+
+    trainer = _rl_run(tmp_path / "run", save_strategy="no", max_steps=1)
+    trainer.train()
+    folder = tmp_path / "gathered"
+    GRPOTrainer.save_model(trainer, str(folder), _internal_call=True)  # what TRL writes: the policy backbone
+    assert not is_rime_checkpoint(folder)
+    assert rewrite_as_rime_checkpoint(folder, trainer.rime_model.config, trainer.processing_class)
+    assert is_rime_checkpoint(folder) and (folder / "modules.json").is_file()
+    encoder = RimeEncoder.from_pretrained(folder, device="cpu")
+    assert encoder.model.config.max_new_tokens == 7 and encoder.processor.query_instruction == "Find the match:"
+    items = ["a red car", "an automobile, crimson"]
+    disc, gen = _embeddings(trainer.rime_model, trainer.processing_class, items)
+    torch.testing.assert_close(encoder.encode(items, convert_to="tensor"), disc, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoder.encode(items, mode="gen", convert_to="tensor"), gen, atol=1e-5, rtol=0)
+    (tmp_path / "no-weights").mkdir()  # DeepSpeed ZeRO-3 without gathering writes no weights file
+    assert not rewrite_as_rime_checkpoint(tmp_path / "no-weights", trainer.rime_model.config, trainer.processing_class)

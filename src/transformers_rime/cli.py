@@ -102,6 +102,21 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights dtype (default: the checkpoint's)",
+    )
+
+
+def _load_encoder(args, device=None):
+    import torch
+
+    from .encoder import RimeEncoder
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    return RimeEncoder.from_pretrained(args.model, device=device, dtype=dtype)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -111,13 +126,11 @@ def _read_lines(path: Path) -> list[str]:
 def run_encode(args) -> int:
     import numpy as np
 
-    from .encoder import RimeEncoder
-
     inputs = list(args.inputs) + (_read_lines(args.input_file) if args.input_file else [])
     if not inputs:
         print("rime encode: no inputs (give them as arguments or with --input-file)", file=sys.stderr)
         return 2
-    encoder = RimeEncoder.from_pretrained(args.model, device=args.device)
+    encoder = _load_encoder(args, args.device)
     embeddings = encoder.encode(
         inputs, mode=args.mode, role=args.role, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
     )
@@ -152,7 +165,6 @@ def _task_folders(paths: list[Path]) -> list[Path]:
 
 
 def run_eval(args) -> int:
-    from .encoder import RimeEncoder
     from .evaluation import evaluate, read_mmeb_v2, read_task
 
     if not args.tasks and args.mmeb_v2 is None:
@@ -171,7 +183,7 @@ def run_eval(args) -> int:
 
         state = PartialState()
         device, main_process = device or str(state.device), state.is_main_process
-    encoder = RimeEncoder.from_pretrained(args.model, device=device)
+    encoder = _load_encoder(args, device)
     results = evaluate(
         encoder,
         tasks,
@@ -207,9 +219,7 @@ def _report_mmeb(results: dict, output_dir: Path) -> None:
 
 
 def run_search(args) -> int:
-    from .encoder import RimeEncoder
-
-    encoder = RimeEncoder.from_pretrained(args.model, device=args.device)
+    encoder = _load_encoder(args, args.device)
     queries, corpus = _read_lines(args.queries), _read_lines(args.corpus)
     hits = encoder.search(
         queries,

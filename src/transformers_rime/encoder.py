@@ -35,6 +35,27 @@ class RimeGeneration:
     """Discriminative embedding of the same item, `(dim,)`."""
 
 
+# `from_pretrained` options that only concern the model's weights (the processor has no use for them)
+MODEL_LOADING_KWARGS = (
+    "attn_implementation",
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "quantization_config",
+    "low_cpu_mem_usage",
+)
+
+
+def _check_one_generation_per_item(generate_kwargs: dict) -> None:
+    copies = generate_kwargs.get("num_return_sequences")
+    if copies not in (None, 1):
+        raise ValueError(
+            f"num_return_sequences={copies}: the encoder returns one embedding per item. To draw several rewrites of "
+            "an item, repeat it in the inputs (with do_sample=True), or call "
+            "model.generate_embeddings(..., do_sample=True, num_return_sequences=k)."
+        )
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """One search result: the corpus position of a hit and its cosine similarity."""
@@ -91,23 +112,27 @@ class RimeEncoder:
 
         Args:
             pretrained_model_name_or_path: local directory or Hub repository id.
-            device: where to run (default: CUDA if available, else CPU).
+            device: where to run (default: CUDA if available, else CPU). Not with `device_map`, which places the
+                weights itself.
             dtype: model dtype (e.g. `torch.bfloat16`); default: the checkpoint's.
-            kwargs: passed to both `from_pretrained` calls (`revision`, `local_files_only`, `attn_implementation`,
-                ...).
+            kwargs: passed to both `from_pretrained` calls (`revision`, `local_files_only`, ...); the model-loading
+                options (`attn_implementation`, `device_map`, `quantization_config`, ...) to the model's only.
         """
+        if device is not None and kwargs.get("device_map") is not None:
+            raise ValueError("Pass either `device` or `device_map`, not both.")
         model_kwargs = dict(kwargs)
         if dtype is not None:
             model_kwargs["dtype"] = dtype
-        processor_kwargs = {k: v for k, v in kwargs.items() if k != "attn_implementation"}
+        processor_kwargs = {k: v for k, v in kwargs.items() if k not in MODEL_LOADING_KWARGS}
         processor = RimeProcessor.from_pretrained(pretrained_model_name_or_path, **processor_kwargs)
         if not isinstance(processor, RimeProcessor):  # pragma: no cover - from_pretrained returns cls
             raise TypeError(f"Expected a RimeProcessor, got {type(processor).__name__}.")
         model = RimeForEmbedding.from_pretrained(
             pretrained_model_name_or_path, tokenizer=processor.tokenizer, **model_kwargs
         )
-        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device).eval(), processor)
+        if kwargs.get("device_map") is None:
+            model = model.to(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(model.eval(), processor)
 
     def save_pretrained(
         self,
@@ -231,6 +256,7 @@ class RimeEncoder:
         check_choice("mode", mode, MODES)
         check_choice("role", role, ROLES)
         check_choice("convert_to", convert_to, ("numpy", "tensor"))
+        _check_one_generation_per_item(generate_kwargs)
         single = not isinstance(inputs, (list, tuple))
         items = parse_inputs([inputs] if single else list(inputs))
         embeddings = torch.empty(len(items), self.embedding_dim, dtype=torch.float32, device=self.device)
@@ -263,6 +289,7 @@ class RimeEncoder:
         Takes the arguments of `encode`. Returns one [`RimeGeneration`] per item, in input order.
         """
         check_choice("role", role, ROLES)
+        _check_one_generation_per_item(generate_kwargs)
         items = parse_inputs(list(inputs))
         results: list[RimeGeneration | None] = [None] * len(items)
         tokenizer = self.processor.tokenizer

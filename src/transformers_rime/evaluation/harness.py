@@ -38,10 +38,28 @@ logger = logging.get_logger(__name__)
 MODES = ("disc", "gen")
 
 
-def encoder_fingerprint(encoder, max_new_tokens: int | None = None) -> str:
-    """A hash of the encoder's weights, its processor's configuration and the rewrite budget."""
-    processor = encoder.processor.to_json_string() if hasattr(encoder.processor, "to_json_string") else ""
-    return model_fingerprint(encoder.model, processor, f"max_new_tokens={max_new_tokens}")
+def encoder_fingerprint(encoder) -> str:
+    """A hash of everything that shapes the encoder's embeddings, whatever mode and budget they are made with.
+
+    That is the weights, the model's configuration (tokens, pooling, normalisation, prompts, default rewrite budget),
+    its generation configuration (end-of-sequence ids), and the processor's saved configuration (instructions, tags,
+    pixel budget, video settings) with its chat template. The rewrite budget a gen-mode run actually uses is part of
+    that side's cache key (see `effective_max_new_tokens`).
+    """
+    model, processor = encoder.model, encoder.processor
+    generation_config = getattr(getattr(model, "vlm", model), "generation_config", None)
+    return model_fingerprint(
+        model,
+        model.config.to_json_string(),
+        generation_config.to_json_string() if generation_config is not None else "",
+        processor.to_json_string() if hasattr(processor, "to_json_string") else "",
+        getattr(processor, "chat_template", None) or "",
+    )
+
+
+def effective_max_new_tokens(encoder, max_new_tokens: int | None) -> int:
+    """The rewrite budget gen mode runs with: the argument, else the model config's default."""
+    return max_new_tokens if max_new_tokens is not None else encoder.model.config.max_new_tokens
 
 
 def evaluate(
@@ -60,10 +78,10 @@ def evaluate(
     """Evaluate `encoder` (a [`RimeEncoder`]) on `tasks` in every query-mode x corpus-mode pair.
 
     Each side of a task is embedded once per mode; the embeddings are cached on disk (in `cache_dir`, by default
-    `output_dir/cache`) under a fingerprint of the model weights, the processor configuration, the rewrite budget and
-    the side's items, so a changed model or task never reuses old embeddings and an interrupted run restarts where
-    it stopped. Each finished task is also written to `output_dir/tasks/{name}.json` and reused on the next run
-    when both fingerprints match.
+    `output_dir/cache`) under a fingerprint of the model weights, the model, generation and processor configurations
+    (see `encoder_fingerprint`), the rewrite budget in effect and the side's items, so embeddings made under other
+    settings are never reused and an interrupted run restarts where it stopped. Each finished task is also written
+    to `output_dir/tasks/{name}.json` and reused on the next run when both fingerprints and the budget match.
 
     Under `torchrun` or `accelerate launch` (an initialised process group), each process embeds a contiguous shard
     of every side and the shards are gathered, so every process gets the same results; the first one writes the
@@ -77,14 +95,14 @@ def evaluate(
             written if `None`).
         cache_dir: where to cache embeddings (default `output_dir/cache`; no cache without either).
         batch_size: items per forward (gen mode: per generate call).
-        max_new_tokens: the rewrite budget in gen mode (default: the model config's).
+        max_new_tokens: the rewrite budget in gen mode (default: the model config's; the one used is reported).
         metrics: metrics computed for every pair, besides each task's main metric.
         benchmark: a name for the results (shown in reports and model cards).
 
     Returns:
         The results: `{"benchmark", "metric", "scores": {task or aggregate: {"gen->disc": main metric, ...}},
         "tasks": {name: {"metric", "scores", "metrics", "items_per_second", "generated_tokens_per_item", ...}},
-        "model_fingerprint", "versions", "dtype", "max_pixels"}`, the shape model cards read.
+        "model_fingerprint", "max_new_tokens", "versions", "dtype", "max_pixels"}`, the shape model cards read.
     """
     for name, modes in (("query_modes", query_modes), ("corpus_modes", corpus_modes)):
         if not modes or set(modes) - set(MODES):
@@ -94,8 +112,9 @@ def evaluate(
         raise ValueError(f"Task names must be unique, got {names}.")
     output_dir = Path(output_dir) if output_dir is not None else None
     cache_dir = Path(cache_dir) if cache_dir is not None else output_dir / "cache" if output_dir else None
-    fingerprint = encoder_fingerprint(encoder, max_new_tokens)
-    settings = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress_bar=show_progress_bar)
+    fingerprint = encoder_fingerprint(encoder)
+    budget = effective_max_new_tokens(encoder, max_new_tokens)
+    settings = dict(batch_size=batch_size, max_new_tokens=budget, show_progress_bar=show_progress_bar)
     per_task = {}
     for task in tqdm(tasks, desc="Tasks", disable=show_progress_bar is False or len(tasks) < 2):
         sides = {side: task.side_fingerprint(side) for side in ("queries", "corpus")}  # hashes every item once
@@ -107,6 +126,7 @@ def evaluate(
             if (
                 previous.get("model_fingerprint") == fingerprint
                 and previous.get("task_fingerprint") == task_fingerprint
+                and previous.get("max_new_tokens") == budget
                 and wanted <= set(previous["scores"])
             ):
                 logger.info(f"{task.name}: reusing {done} (same model and task).")
@@ -115,20 +135,19 @@ def evaluate(
         embeddings, timings = {}, {}
         for side, modes in (("queries", query_modes), ("corpus", corpus_modes)):
             for mode in modes:
+                # disc embeddings do not depend on the rewrite budget; gen ones are keyed by the budget they used
+                key = f"{sides[side]}-disc" if mode == "disc" else f"{sides[side]}-gen-{budget}"
                 embeddings[side, mode], timings[side, mode] = _side_embeddings(
-                    encoder,
-                    task,
-                    side,
-                    mode,
-                    cache_dir / fingerprint / f"{sides[side]}-{mode}" if cache_dir else None,
-                    settings,
+                    encoder, task, side, mode, cache_dir / fingerprint / key if cache_dir else None, settings
                 )
         per_task[task.name] = _score_task(task, embeddings, timings, query_modes, corpus_modes, metrics)
-        per_task[task.name].update(model_fingerprint=fingerprint, task_fingerprint=task_fingerprint)
+        per_task[task.name].update(
+            model_fingerprint=fingerprint, task_fingerprint=task_fingerprint, max_new_tokens=budget
+        )
         if done is not None and _process()[0] == 0:
             _write_json(done, per_task[task.name])
     results = _aggregate(per_task, tasks, benchmark)
-    results.update(_environment(encoder, fingerprint))
+    results.update(_environment(encoder, fingerprint), max_new_tokens=budget)
     if output_dir is not None and _process()[0] == 0:
         write_reports(results, output_dir)
     if _process()[1] > 1:
@@ -296,4 +315,4 @@ def _write_json(path: Path, value: dict) -> Path:
     return path
 
 
-__all__ = ["evaluate", "encoder_fingerprint", "write_reports"]
+__all__ = ["evaluate", "effective_max_new_tokens", "encoder_fingerprint", "write_reports"]

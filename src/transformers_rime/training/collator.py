@@ -13,6 +13,10 @@ from ..models.rime.processing_rime import RimeProcessor
 
 
 GROUPS = ("query", "positive", "negative")
+# Processor outputs with one value per token besides the ids and the mask, extended with zeros (text) when the
+# target is appended. Chosen by name: a tensor that merely has the ids' shape (pixel_values with as many patches as
+# rows and a patch dimension equal to the prompt length) is not per-token data.
+PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
 
 
 @dataclass
@@ -52,8 +56,8 @@ def append_target_tokens(batch: BatchFeature, targets: list[list[int]], pad_toke
     """Append each row's target ids after its prompt and label only them; re-pad on the left.
 
     Prompts and targets are tokenized separately and joined as ids, so the label boundary is exact whatever the
-    tokenizer would merge across it. Per-token tensors other than ids and mask (`mm_token_type_ids`) are extended
-    with zeros (text).
+    tokenizer would merge across it. The per-token tensors named in `PER_TOKEN_KEYS` (`mm_token_type_ids`) are
+    extended with zeros (text); every other entry (`pixel_values`, `image_grid_thw`, ...) is kept as it is.
 
     Args:
         batch (`BatchFeature`): the processor's left-padded prompt batch (`input_ids`, `attention_mask`, ...).
@@ -73,7 +77,7 @@ def append_target_tokens(batch: BatchFeature, targets: list[list[int]], pad_toke
     ```
     """
     input_ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    per_token = [k for k, v in batch.items() if k not in ("input_ids", "attention_mask") and _same_shape(v, input_ids)]
+    per_token = [k for k in PER_TOKEN_KEYS if k in batch]
     rows = []
     for i, target in enumerate(targets):
         prompt = input_ids[i][mask[i]]
@@ -95,10 +99,6 @@ def append_target_tokens(batch: BatchFeature, targets: list[list[int]], pad_toke
             [left_pad(torch.cat([extra[key], extra[key].new_zeros(len(t))]), 0) for _, t, extra in rows]
         )
     return BatchFeature(out)
-
-
-def _same_shape(value, reference: torch.Tensor) -> bool:
-    return isinstance(value, torch.Tensor) and value.shape == reference.shape
 
 
 class RimeContrastiveCollator:

@@ -18,6 +18,12 @@ from ..models.rime.inputs_rime import RimeInput, parse_input
 from ..models.rime.modeling_rime import RimeForEmbedding
 from ..models.rime.processing_rime import RimeProcessor
 from ..rewards import REWARD_FUNCTIONS
+from .checkpoints import (
+    is_rime_checkpoint,
+    load_training_checkpoint,
+    rewrite_as_rime_checkpoint,
+    save_rime_checkpoint,
+)
 from .collator import _drop_empty
 from .configuration_refine_rl import RimeRefineRLConfig
 from .rollouts import PairedRepeatSampler, candidate_positions, gen_embedding_ids, left_pad, patch_offsets
@@ -183,7 +189,7 @@ class RimeRefineRLTrainer(GRPOTrainer):
         processing_class.adopt_config(model.config)
         self.rime_model = model
         self._gen_emb_id = model.config.gen_emb_token_id
-        self._end_ids = list(model.config.end_of_turn_token_ids or [])
+        self._end_ids = model.stop_token_ids()  # the tokens inference turns into <gen_emb>
         if args.freeze_vision_tower and peft_config is None:
             freeze_vision_tower(model)
 
@@ -202,11 +208,11 @@ class RimeRefineRLTrainer(GRPOTrainer):
         if full_finetune and args.beta != 0.0:
             self._make_reference_loadable(policy, args)
 
-        # TRL ends a rollout at any of the model's eos ids: <gen_emb> must be one. Restored below, so the model
-        # keeps generating as before outside RL.
+        # TRL ends a rollout at any of the model's eos ids: <gen_emb> and every token that ends a rewrite at
+        # inference, so rollouts stop where inference stops. Restored below, so the model keeps generating as before
+        # outside RL.
         original_eos = policy.generation_config.eos_token_id
-        eos = original_eos if isinstance(original_eos, list) else [original_eos] if original_eos is not None else []
-        policy.generation_config.eos_token_id = [self._gen_emb_id, *[i for i in eos if i != self._gen_emb_id]]
+        policy.generation_config.eos_token_id = [self._gen_emb_id, *self._end_ids]
         try:
             super().__init__(
                 model=policy,
@@ -223,6 +229,8 @@ class RimeRefineRLTrainer(GRPOTrainer):
             policy.generation_config.eos_token_id = original_eos
         self._prompt_encoding: PromptEncoding | None = None
         self._warned_small_pool = False
+        if args.symmetric_rollouts and eval_rows is not None:
+            self._check_paired_eval_batches()
         if self._own_anchor_model is not None:
             self._own_anchor_model = self._prepare_frozen(self._own_anchor_model)
 
@@ -316,6 +324,28 @@ class RimeRefineRLTrainer(GRPOTrainer):
             pairs_per_batch=prompts_per_batch // 2,
             repeat_count=self.num_iterations * self.args.steps_per_generation,
             shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )
+
+    def _check_paired_eval_batches(self) -> None:
+        """With `symmetric_rollouts`, an evaluation batch (all processes) must hold whole pairs, each side rolled out
+        `num_generations_eval` times; checked when the trainer is built, before any training."""
+        rows = self.args.per_device_eval_batch_size * self.accelerator.num_processes
+        if rows % (2 * self.num_generations_eval):
+            raise ValueError(
+                "symmetric_rollouts keeps each pair's query and document in one evaluation batch: "
+                f"per_device_eval_batch_size x processes ({rows}) must be a multiple of 2 x num_generations_eval "
+                f"({2 * self.num_generations_eval})."
+            )
+
+    def _get_eval_sampler(self, eval_dataset):
+        if not self.args.symmetric_rollouts:
+            return super()._get_eval_sampler(eval_dataset)
+        # one pair at a time: whole pairs fill each batch, as in training, and no pair is dropped
+        return PairedRepeatSampler(
+            num_pairs=len(eval_dataset) // 2,
+            num_generations=self.num_generations_eval,
+            pairs_per_batch=1,
             seed=self.args.seed,
         )
 
@@ -532,31 +562,62 @@ class RimeRefineRLTrainer(GRPOTrainer):
             columns["partner_is_positive"].append(pair_by_side[partner] == row["pair_index"])
         return columns
 
-    # ------------------------------------------------------------------ saving
+    # ------------------------------------------------------------------ saving and resuming
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints (`_internal_call`) are TRL's: the policy backbone (or adapter) with the processor, which
-        `RimeForEmbedding.from_pretrained` loads (published layout). An explicit call writes the RIME model through
-        `RimeEncoder.save_pretrained`, with a LoRA adapter merged, so the result loads everywhere like any other."""
-        if _internal_call or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super().save_model(output_dir, _internal_call)
-        from ..encoder import RimeEncoder
+        """Write a full RIME model, as `RimeEncoder.save_pretrained` does (a LoRA adapter merged in), so that the
+        result loads everywhere like any other RIME model, with the trained model's settings.
 
+        The checkpoints written during training (`_internal_call`) have the same layout, plus, with LoRA, the
+        unmerged adapter in `adapter/`, which `train(resume_from_checkpoint=...)` continues from. Under DeepSpeed or
+        FSDP, whose weights are sharded across processes, TRL's save gathers them and the first process rewrites its
+        output as a RIME checkpoint (a LoRA adapter is then left as TRL saved it, unmerged).
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.accelerator.is_main_process:
-            RimeEncoder(self.merged_model(), self.processing_class).save_pretrained(output_dir)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # collective (every process takes part in the gather); the push, if any, comes after the rewrite
+            super().save_model(output_dir, _internal_call=True)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save and self._adapter_model() is None:
+                if not rewrite_as_rime_checkpoint(output_dir, self.rime_model.config, self.processing_class):
+                    logger.warning(f"{output_dir} holds no gathered weights; it stays in the sharded layout.")
+        elif self.args.should_save:
+            adapter = self._adapter_model() if _internal_call else None
+            save_rime_checkpoint(self.merged_model(), self.processing_class, output_dir, adapter_model=adapter)
         self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def merged_model(self) -> RimeForEmbedding:
         """The trained `RimeForEmbedding`: the model itself, or a merged copy when a LoRA adapter is trained."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if not hasattr(unwrapped, "merge_and_unload"):
+        adapter = self._adapter_model()
+        if adapter is None:
             return self.rime_model
-        merged = copy.deepcopy(unwrapped).merge_and_unload()
+        merged = copy.deepcopy(adapter).merge_and_unload()
         # TRL replaced the policy's `forward` with a fused-LM-head wrapper that calls the *original* model's forward;
         # a copy keeping it would silently run the training model. Drop it: the class forward is the stock one.
         merged.__dict__.pop("forward", None)
         return RimeForEmbedding(self.rime_model.config, vlm=merged).eval()
+
+    def _adapter_model(self):
+        """The PEFT model being trained, or `None` for a full fine-tune."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        return unwrapped if hasattr(unwrapped, "merge_and_unload") else None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not is_rime_checkpoint(resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # TRL's layout
+        self._load_rime_checkpoint(resume_from_checkpoint, is_trainable=True)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not is_rime_checkpoint(best):
+            return super()._load_best_model()
+        logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
+        self._load_rime_checkpoint(best, is_trainable=False)
+
+    def _load_rime_checkpoint(self, folder: str, is_trainable: bool) -> None:
+        load_training_checkpoint(folder, self.rime_model, self._adapter_model(), is_trainable=is_trainable)
 
 
 def _is_scalar(value) -> bool:

@@ -193,6 +193,13 @@ class RimeConfig(PreTrainedConfig):
         return format_gen_instruction(self.gen_instruction, self.rewrite_start, self.rewrite_end, self.gen_emb_token)
 
 
+# RIME's own settings: the fields RimeConfig declares on top of the base config (`dtype`, `return_dict`, ... are the
+# base's). `from_pretrained` keyword arguments with these names configure RIME; every other one is a loading option.
+RIME_FIELDS = tuple(
+    name for name in RimeConfig.__dataclass_fields__ if name not in PreTrainedConfig.__dataclass_fields__
+)
+
+
 def format_gen_instruction(template: str, rewrite_start: str, rewrite_end: str, gen_emb_token: str) -> str:
     """Fill `{rewrite_start}`, `{rewrite_end}` and `{gen_emb_token}` in a generation instruction.
 

@@ -7,6 +7,7 @@ and its sibling configuration file.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from dataclasses import dataclass
@@ -16,15 +17,23 @@ import torch.nn.functional as F
 from transformers import (
     AutoModelForImageTextToText,
     AutoTokenizer,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     LogitsProcessor,
     LogitsProcessorList,
+    MinPLogitsWarper,
     PreTrainedModel,
     StoppingCriteria,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopHLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 from transformers.utils import ModelOutput
 
-from .configuration_rime import PreTrainedConfig, RimeConfig, select_hub_kwargs
+from .configuration_rime import RIME_FIELDS, PreTrainedConfig, RimeConfig, select_hub_kwargs
 
 
 # --------------------------------------------------------------------------- pooling (pure functions)
@@ -65,6 +74,45 @@ def last_nonpad_positions(attention_mask: torch.Tensor) -> torch.LongTensor:
 def gather_positions(hidden_states: torch.Tensor, positions: torch.LongTensor) -> torch.Tensor:
     """Pick one hidden state per row: `(B, L, D)`, `(B,)` -> `(B, D)`."""
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), positions]
+
+
+def assistant_token_positions(
+    input_ids: torch.LongTensor, token_id: int, disc_emb_id: int, end_ids: list[int], token_name: str = "<gen_emb>"
+) -> torch.LongTensor:
+    """Index of each row's last `token_id` written in the assistant turn: `(B, L)` -> `(B,)`.
+
+    A gen-mode prompt names `<gen_emb>` in its own instruction, inside the user turn. The generative embedding is read
+    at the `<gen_emb>` that ends the rewrite, so an end-of-turn token (`end_ids`) must lie between the row's first
+    `<disc_emb>` (the prompt's; a sampled rewrite may write another) and its last `token_id`; a row where none does
+    holds a prompt without its rewrite, and raises a `ValueError` naming the row.
+
+    ```python
+    >>> ids = torch.tensor([[5, 9, 7, 2, 9, 7], [5, 9, 7, 2, 3, 4]])  # 9: <disc_emb>, 7: <gen_emb>, 2: end of turn
+    >>> assistant_token_positions(ids[:1], 7, disc_emb_id=9, end_ids=[2]).tolist()
+    [5]
+    >>> assistant_token_positions(ids, 7, disc_emb_id=9, end_ids=[2])
+    Traceback (most recent call last):
+    ...
+    ValueError: Batch row(s) [1]: the last <gen_emb> is inside the prompt (its instruction), not after a rewrite. ...
+
+    ```
+    """
+    if not end_ids:
+        raise ValueError("Reading a generated token needs the end-of-turn ids: set config.end_of_turn_token_ids.")
+    positions = last_token_positions(input_ids, token_id, token_name)
+    last_token_positions(input_ids, disc_emb_id, "<disc_emb>")  # every row has one
+    first_disc = (input_ids == disc_emb_id).int().argmax(dim=1)
+    steps = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    is_end = torch.isin(input_ids, torch.tensor(end_ids, device=input_ids.device))
+    between = is_end & (steps > first_disc[:, None]) & (steps < positions[:, None])
+    prompt_only = (~between.any(dim=1)).nonzero().flatten().tolist()
+    if prompt_only:
+        raise ValueError(
+            f"Batch row(s) {prompt_only}: the last {token_name} is inside the prompt (its instruction), not after a "
+            "rewrite. Pass the teacher-forced sequence (prompt, rewrite, then the token), or call "
+            "generate_embeddings to write the rewrite."
+        )
+    return positions
 
 
 def normalize_embeddings(embeddings: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -161,14 +209,63 @@ class RimeGenerationOutput(ModelOutput):
 # --------------------------------------------------------------------------- generation helpers
 
 
-class GenEmbLogitsProcessor(LogitsProcessor):
-    """Makes every row end with `<gen_emb>` and records which ones the model did not choose itself.
+# The sampling settings `generate` applies after every logits processor, each with the value that turns it off.
+SAMPLING_SETTINGS = {
+    "temperature": 1.0,
+    "top_h": None,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+}
 
-    - Greedy: where the best token ends the turn, `<gen_emb>` is emitted instead (exactly the token the model would
-      otherwise have stopped on), flagged as substituted.
-    - Sampling: the end-of-turn probability mass is moved onto `<gen_emb>`; a draw of a moved share is flagged
-      substituted (decided with a uniform draw, so the flag is exact in distribution).
-    - When `max_new_tokens` tokens were generated without `<gen_emb>`, it is forced (substituted).
+
+def sampling_warpers(generation_config) -> LogitsProcessorList:
+    """The warpers `generate` samples through for `generation_config` (temperature, top-k, top-p, ...), in its order.
+
+    ```python
+    >>> from transformers import GenerationConfig
+    >>> [type(w).__name__ for w in sampling_warpers(GenerationConfig(temperature=0.5, top_k=20))]
+    ['TemperatureLogitsWarper', 'TopKLogitsWarper']
+
+    ```
+    """
+    config = generation_config
+    warpers = LogitsProcessorList()
+    if config.temperature is not None and config.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(config.temperature))
+    if getattr(config, "top_h", None) is not None:
+        warpers.append(TopHLogitsWarper(top_h=config.top_h))
+    if config.top_k is not None and config.top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k=config.top_k))
+    if config.top_p is not None and config.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=config.top_p))
+    if config.min_p is not None:
+        warpers.append(MinPLogitsWarper(min_p=config.min_p))
+    if config.typical_p is not None and config.typical_p < 1.0:
+        warpers.append(TypicalLogitsWarper(mass=config.typical_p))
+    if config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0:
+        warpers.append(EpsilonLogitsWarper(epsilon=config.epsilon_cutoff))
+    if config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0:
+        warpers.append(EtaLogitsWarper(epsilon=config.eta_cutoff))
+    return warpers
+
+
+class GenEmbLogitsProcessor(LogitsProcessor):
+    """Chooses each rewrite token so that every row ends with `<gen_emb>`, and records which rows did not choose it.
+
+    It runs last among the logits processors and makes the choice itself, on the distribution the model decodes
+    from:
+
+    - greedy (`warpers=None`): the best token; where that ends the turn, `<gen_emb>` is emitted instead (exactly the
+      token the model would otherwise have stopped on), flagged as substituted;
+    - sampling: a draw from the final sampling distribution (the scores after every other processor, then
+      `warpers`: temperature, top-k, top-p, ...). A drawn end-of-turn token becomes `<gen_emb>`, flagged as
+      substituted, so `P(<gen_emb>)` is the end-of-turn plus `<gen_emb>` mass of that distribution. The returned
+      scores allow only the drawn token, which any later sampling step keeps;
+    - once `max_new_tokens` tokens were generated without `<gen_emb>`, it is forced (substituted).
     """
 
     def __init__(
@@ -177,21 +274,17 @@ class GenEmbLogitsProcessor(LogitsProcessor):
         end_ids: list[int],
         prompt_length: int,
         max_new_tokens: int,
-        do_sample: bool,
         batch_size: int,
         device: torch.device,
+        warpers: LogitsProcessorList | None = None,
     ):
         self.gen_emb_id = gen_emb_id
         self.end_ids = torch.tensor(sorted(set(end_ids) - {gen_emb_id}), dtype=torch.long, device=device)
         self.prompt_length = prompt_length
         self.max_new_tokens = max_new_tokens
-        self.do_sample = do_sample
+        self.warpers = warpers
         self.seen_gen_emb = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        # substitute_share[b, t]: probability that a <gen_emb> emitted at step t is a substitute (0 or 1 if greedy)
-        self.substitute_share = torch.zeros(batch_size, max_new_tokens + 2, device=device)
-        # Greedy decisions are certain (share 0 or 1), so no random draw is needed (and the global RNG is untouched).
-        shape = (batch_size, max_new_tokens + 2)
-        self.draws = torch.rand(shape, device=device) if do_sample else torch.zeros(shape, device=device)
+        self.substituted = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_length
@@ -199,36 +292,22 @@ class GenEmbLogitsProcessor(LogitsProcessor):
             self.seen_gen_emb |= input_ids[:, -1] == self.gen_emb_id
         active = ~self.seen_gen_emb  # (B,) rows still writing their rewrite
         if step >= self.max_new_tokens:
-            scores = scores.clone()
-            scores[active] = float("-inf")
-            scores[active, self.gen_emb_id] = 0.0
-            self.substitute_share[active, step] = 1.0
-            return scores
-        if len(self.end_ids) == 0:
-            return scores
-        end_scores = scores[:, self.end_ids]  # (B, E)
-        if self.do_sample:
-            end_mass = torch.logsumexp(end_scores, dim=1)  # (B,)
-            merged = torch.logaddexp(scores[:, self.gen_emb_id], end_mass)
-            share = torch.exp(end_mass - merged).nan_to_num(0.0)
-            self.substitute_share[active, step] = share[active]
-            scores = scores.clone()
-            scores[active, self.gen_emb_id] = merged[active]
-            scores[active.nonzero(), self.end_ids] = float("-inf")
-            return scores
-        ends_turn = active & (end_scores.amax(dim=1) >= scores.amax(dim=1))
-        if not bool(ends_turn.any()):  # the common case: leave the scores untouched, no copy
-            return scores
-        scores = scores.clone()
-        scores[ends_turn] = float("-inf")
-        scores[ends_turn, self.gen_emb_id] = 0.0
-        self.substitute_share[ends_turn, step] = 1.0
-        return scores
-
-    def substituted(self, steps: torch.LongTensor) -> torch.BoolTensor:
-        """Whether the `<gen_emb>` emitted by each row at `steps[b]` was a substitute."""
-        rows = torch.arange(len(steps), device=steps.device)
-        return self.draws[rows, steps] < self.substitute_share[rows, steps]
+            choice = torch.full_like(active, self.gen_emb_id, dtype=torch.long)
+            substitute = active
+        else:
+            if self.warpers is None:
+                choice = scores.argmax(dim=-1)
+            else:
+                probabilities = self.warpers(input_ids, scores.float()).softmax(dim=-1)
+                choice = torch.multinomial(probabilities, num_samples=1).squeeze(1)
+            substitute = active & torch.isin(choice, self.end_ids)
+            choice = torch.where(substitute, self.gen_emb_id, choice)
+        self.substituted |= substitute
+        if self.warpers is None and not bool(substitute.any()):
+            return scores  # greedy, no row ends its turn: the common case, no copy
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(choice), device=scores.device), choice] = 0.0
+        return chosen
 
 
 class StopAfterGenEmb(StoppingCriteria):
@@ -278,6 +357,26 @@ class LastLayerCapture:
 
 
 GREEDY_DEFAULTS = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+# generate arguments that swap its one-token-per-step loop for another (assisted decoding, a Hub decoding method)
+OTHER_DECODING_LOOPS = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "custom_generate")
+
+
+def _check_decoding(kwargs: dict, sampling: bool, copies: int) -> None:
+    """Refuse, before any model work, the decoding modes the embedding reader cannot follow."""
+    if kwargs.get("num_beams", 1) != 1:
+        raise ValueError(
+            "generate_embeddings decodes one hypothesis per row (greedy or sampling); beam search is not supported: "
+            "beams are reordered between steps, so the states read at <gen_emb> would belong to other beams."
+        )
+    loops = [k for k in OTHER_DECODING_LOOPS if kwargs.get(k) is not None]
+    if loops:
+        raise ValueError(f"generate_embeddings reads one new token per step; {loops} would change the decoding loop.")
+    if not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"num_return_sequences must be a positive integer, got {copies!r}.")
+    if copies > 1 and not sampling:
+        raise ValueError(
+            f"num_return_sequences={copies} needs do_sample=True: greedy decoding writes the same rewrite every time."
+        )
 
 
 # --------------------------------------------------------------------------- model
@@ -385,6 +484,8 @@ class RimeForEmbedding(RimePreTrainedModel):
             return_gen_embeddings (`bool`, *optional*, defaults to `False`):
                 Also read `gen_embeddings` at each row's last `<gen_emb>`: with a teacher-forced gen-mode sequence
                 (prompt, rewrite, `<gen_emb>`), one pass gives the disc embedding, the gen embedding and the LM loss.
+                A row whose last `<gen_emb>` is the one named in the gen instruction (a prompt without its rewrite)
+                is an error (see [`assistant_token_positions`]).
             output_logits (`bool`, *optional*):
                 Also return the LM logits over every position.
             output_hidden_states (`bool`, *optional*):
@@ -425,7 +526,12 @@ class RimeForEmbedding(RimePreTrainedModel):
         if return_gen_embeddings:
             if self.config.pooling != "token" or input_ids is None:
                 raise ValueError("return_gen_embeddings reads `<gen_emb>`: it needs input_ids and pooling='token'.")
-            gen_positions = last_token_positions(input_ids, self._embedding_token_id("gen_emb"), "<gen_emb>")
+            gen_positions = assistant_token_positions(
+                input_ids,
+                self._embedding_token_id("gen_emb"),
+                self._embedding_token_id("disc_emb"),
+                self.stop_token_ids(),
+            )
             gen_embeddings = normalize_embeddings(gather_positions(hidden, gen_positions), self.config.normalize)
 
         head = self.vlm.get_output_embeddings()
@@ -441,6 +547,19 @@ class RimeForEmbedding(RimePreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def stop_token_ids(self, eos_token_id: int | list[int] | None = None) -> list[int]:
+        """The tokens that end a rewrite early: `config.end_of_turn_token_ids` plus the end-of-sequence ids
+        (`eos_token_id`, by default the backbone's `generation_config`), `<gen_emb>` excluded.
+
+        Inference turns them into `<gen_emb>` and Refine-RL ends its rollouts on them, so both stop on the same
+        tokens.
+        """
+        if eos_token_id is None:
+            eos_token_id = self.vlm.generation_config.eos_token_id
+        eos = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+        ids = {*(self.config.end_of_turn_token_ids or []), *(i for i in eos if i is not None)}
+        return sorted(ids - {self.config.gen_emb_token_id})
+
     @torch.no_grad()
     def generate_embeddings(
         self,
@@ -454,11 +573,13 @@ class RimeForEmbedding(RimePreTrainedModel):
 
         Decoding is greedy unless `do_sample=True` is passed, whatever the checkpoint's `generation_config` asks
         for; its repetition penalty and n-gram blocking are not applied either unless passed here. With sampling,
-        the checkpoint's temperature / top-k / top-p apply (override them here). A row stops at `<gen_emb>`; if it
-        ends its turn or reaches `max_new_tokens` first, `<gen_emb>` is appended after its tokens and read there
-        (`finished=False`). Only the needed last-layer states are kept: a
-        hook on the text decoder reads the `<disc_emb>` state from the prefill and one state per decoding step, and
-        the row's `<gen_emb>` is fed through one extra step.
+        the checkpoint's temperature / top-k / top-p apply (override them here), and an end of turn counts as
+        `<gen_emb>` in the final sampling distribution. A row stops at `<gen_emb>`; if it ends its turn (an
+        end-of-sequence id of the generation config or of `eos_token_id`, or `config.end_of_turn_token_ids`) or
+        reaches `max_new_tokens` first, `<gen_emb>` is appended after its tokens and read there (`finished=False`).
+        `<gen_emb>` listed among the end-of-sequence ids changes nothing. Only the needed last-layer states are
+        kept: a hook on the text decoder reads the `<disc_emb>` state from the prefill and one state per decoding
+        step, and the row's `<gen_emb>` is fed through one extra step.
 
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
@@ -469,10 +590,13 @@ class RimeForEmbedding(RimePreTrainedModel):
                 Rewrite budget (`<gen_emb>` excluded); defaults to `config.max_new_tokens`.
             generate_kwargs:
                 Image inputs (`pixel_values`, `image_grid_thw`, ...) and any `generate` argument (`do_sample`,
-                `logits_processor`, `stopping_criteria`, ...).
+                `temperature`, `logits_processor`, `stopping_criteria`, ...). With `do_sample=True`,
+                `num_return_sequences=k` draws `k` rewrites per prompt (rows `i * k ... i * k + k - 1` of the
+                output belong to prompt `i`). Beam search and assisted decoding are refused: the embeddings are read
+                one decoded token at a time.
 
         Returns:
-            [`RimeGenerationOutput`].
+            [`RimeGenerationOutput`], with `batch_size * num_return_sequences` rows.
         """
         if self.config.pooling != "token":
             raise ValueError("generate_embeddings reads embedding tokens; it needs config.pooling='token'.")
@@ -485,20 +609,31 @@ class RimeForEmbedding(RimePreTrainedModel):
         budget = max_new_tokens if max_new_tokens is not None else self.config.max_new_tokens
         if budget < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {budget}.")
-        batch_size, prompt_length = input_ids.shape
-        disc_positions = last_token_positions(input_ids, disc_id, "<disc_emb>")
-
         kwargs = {**GREEDY_DEFAULTS, **generate_kwargs}
-        end_ids = set(self.config.end_of_turn_token_ids or [])
-        eos = self.vlm.generation_config.eos_token_id
-        end_ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        sampling = bool(kwargs["do_sample"])
+        copies = kwargs.get("num_return_sequences", 1)
+        copies = 1 if copies is None else copies
+        _check_decoding(kwargs, sampling, copies)
+        disc_positions = last_token_positions(input_ids, disc_id, "<disc_emb>").repeat_interleave(copies)
+        batch_size, prompt_length = input_ids.shape[0] * copies, input_ids.shape[1]
+
+        base_config = kwargs.get("generation_config") or self.vlm.generation_config
+        end_ids = self.stop_token_ids(kwargs.get("eos_token_id", base_config.eos_token_id))
+        warpers = None
+        if sampling:  # our processor samples from the final distribution; generate's own warpers are turned off
+            settings = copy.deepcopy(base_config)
+            settings.update(do_sample=True, **{k: kwargs[k] for k in SAMPLING_SETTINGS if k in kwargs})
+            warpers = sampling_warpers(settings)
+            kwargs.update(SAMPLING_SETTINGS)
         gen_processor = GenEmbLogitsProcessor(
-            gen_id, list(end_ids), prompt_length, budget, bool(kwargs["do_sample"]), batch_size, input_ids.device
+            gen_id, end_ids, prompt_length, budget, batch_size, input_ids.device, warpers=warpers
         )
         kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), gen_processor])
         kwargs["stopping_criteria"] = StoppingCriteriaList(
             [*kwargs.get("stopping_criteria", []), StopAfterGenEmb(gen_id, prompt_length)]
         )
+        # <gen_emb> is never an end-of-sequence id here: generate would stop before feeding it through the model
+        kwargs["eos_token_id"] = end_ids or None
         pad_id = self.vlm.generation_config.pad_token_id
         pad_id = pad_id if pad_id is not None else min(end_ids, default=0)
         pad_id = kwargs.setdefault("pad_token_id", pad_id)
@@ -518,7 +653,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         step_states = torch.stack(capture.step_states, dim=0)  # (T-1, B, D): state of new token t at index t
         rows = torch.arange(batch_size, device=input_ids.device)
         gen_states = step_states[gen_steps, rows]  # (B, D)
-        finished = ~gen_processor.substituted(gen_steps)
+        finished = ~gen_processor.substituted
 
         width = int(gen_steps.max()) + 1
         keep = torch.arange(width, device=input_ids.device)[None, :] <= gen_steps[:, None]
@@ -564,19 +699,23 @@ class RimeForEmbedding(RimePreTrainedModel):
 
     @classmethod
     def from_backbone_checkpoint(cls, path: str | os.PathLike, tokenizer=None, **kwargs) -> RimeForEmbedding:
-        """Wrap a backbone checkpoint whose tokenizer has the RIME tokens (the published layout)."""
+        """Wrap a backbone checkpoint whose tokenizer has the RIME tokens (the published layout).
+
+        Keyword arguments named like a RIME setting (`max_new_tokens`, `query_instruction`, ...; see `RIME_FIELDS`)
+        configure RIME; every other one (`dtype`, `device_map`, `attn_implementation`, `quantization_config`, ...)
+        goes to the backbone's `from_pretrained`, so the weights load as asked.
+        """
         kwargs.pop("config", None)
-        rime_kwargs = {
-            k: kwargs.pop(k) for k in list(kwargs) if k in RimeConfig.__dataclass_fields__ and k != "vlm_config"
-        }
+        rime_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in RIME_FIELDS and k != "vlm_config"}
         vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
         _raise_on_random_weights(path, info)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(path, **select_hub_kwargs(kwargs))
         # Building the outer config resets the attention backend of the (shared) backbone config; keep the one
-        # the backbone was loaded with.
-        rime_kwargs.setdefault("attn_implementation", vlm.config._attn_implementation)
-        config = RimeConfig(vlm_config=vlm.config, **rime_kwargs)
+        # the backbone was loaded with. Its dtype is the one the weights now have.
+        config = RimeConfig(
+            vlm_config=vlm.config, attn_implementation=vlm.config._attn_implementation, dtype=vlm.dtype, **rime_kwargs
+        )
         vocab = tokenizer.get_vocab()
         for name in ("disc_emb", "gen_emb"):
             token = getattr(config, f"{name}_token")
