@@ -340,11 +340,11 @@ def test_sampling_moves_the_end_of_turn_mass_of_the_final_distribution(processor
     # at temperature 0.5, P(<gen_emb>) is the end-of-turn + <gen_emb> mass of softmax(scores / 0.5)
     probabilities = torch.tensor([1.0, 0.0, 0.0]).div(0.5).softmax(0)  # word, end of turn, <gen_emb>
     torch.manual_seed(0)
-    rows = processor(text=TEXTS[:1] * 2000, mode="gen", return_tensors="pt")
+    rows = processor(text=TEXTS[:1] * 1200, mode="gen", return_tensors="pt")
     out = _first_step(model, rows, {word: 1.0, end_id: 0.0, gen_id: 0.0}, temperature=0.5)
     drew_gen = out.sequences[:, 0] == gen_id
     assert abs(drew_gen.float().mean() - (probabilities[1] + probabilities[2])) < 0.04  # 0.213; 0.351 if merged first
-    assert abs(out.finished[drew_gen].float().mean() - 0.5) < 0.08  # half the <gen_emb> draws were ends of turn
+    assert abs(out.finished[drew_gen].float().mean() - 0.5) < 0.1  # half the <gen_emb> draws were ends of turn
 
 
 def test_sampling_warpers_are_the_ones_generate_applies(model):

@@ -254,17 +254,16 @@ def sampling_warpers(generation_config) -> LogitsProcessorList:
 
 
 class GenEmbLogitsProcessor(LogitsProcessor):
-    """Chooses each rewrite token so that every row ends with `<gen_emb>`, and records which rows did not choose it.
+    """Makes every row end with `<gen_emb>`, and records which rows did not choose it themselves.
 
-    It runs last among the logits processors and makes the choice itself, on the distribution the model decodes
-    from:
+    It runs last among the logits processors, on the scores every other processor has shaped:
 
-    - greedy (`warpers=None`): the best token; where that ends the turn, `<gen_emb>` is emitted instead (exactly the
-      token the model would otherwise have stopped on), flagged as substituted;
-    - sampling: a draw from the final sampling distribution (the scores after every other processor, then
-      `warpers`: temperature, top-k, top-p, ...). A drawn end-of-turn token becomes `<gen_emb>`, flagged as
-      substituted, so `P(<gen_emb>)` is the end-of-turn plus `<gen_emb>` mass of that distribution. The returned
-      scores allow only the drawn token, which any later sampling step keeps;
+    - greedy (`warpers=None`): where the best token ends the turn, `<gen_emb>` is emitted instead (exactly the token
+      the model would otherwise have stopped on), flagged as substituted;
+    - sampling: it draws the token itself, from the final sampling distribution (the scores, then `warpers`:
+      temperature, top-k, top-p, ...), since `generate` would apply those after it. A drawn end-of-turn token
+      becomes `<gen_emb>`, flagged as substituted, so `P(<gen_emb>)` is the end-of-turn plus `<gen_emb>` mass of
+      that distribution. The returned scores allow only the drawn token, which `generate`'s own sampling then keeps;
     - once `max_new_tokens` tokens were generated without `<gen_emb>`, it is forced (substituted).
     """
 
@@ -292,22 +291,27 @@ class GenEmbLogitsProcessor(LogitsProcessor):
             self.seen_gen_emb |= input_ids[:, -1] == self.gen_emb_id
         active = ~self.seen_gen_emb  # (B,) rows still writing their rewrite
         if step >= self.max_new_tokens:
-            choice = torch.full_like(active, self.gen_emb_id, dtype=torch.long)
             substitute = active
-        else:
-            if self.warpers is None:
-                choice = scores.argmax(dim=-1)
-            else:
-                probabilities = self.warpers(input_ids, scores.float()).softmax(dim=-1)
-                choice = torch.multinomial(probabilities, num_samples=1).squeeze(1)
+        elif self.warpers is not None:
+            probabilities = self.warpers(input_ids, scores.float()).softmax(dim=-1)
+            choice = torch.multinomial(probabilities, num_samples=1).squeeze(1)  # (B,)
             substitute = active & torch.isin(choice, self.end_ids)
+            self.substituted |= substitute
             choice = torch.where(substitute, self.gen_emb_id, choice)
+            chosen = torch.full_like(scores, float("-inf"))
+            chosen[torch.arange(len(choice), device=scores.device), choice] = 0.0
+            return chosen
+        elif len(self.end_ids) == 0:
+            return scores
+        else:  # greedy: does the best token end the turn? (amax, several times faster than argmax on CPU)
+            substitute = active & (scores[:, self.end_ids].amax(dim=-1) >= scores.amax(dim=-1))
+        if not bool(substitute.any()):  # the common case: leave the scores untouched, no copy
+            return scores
         self.substituted |= substitute
-        if self.warpers is None and not bool(substitute.any()):
-            return scores  # greedy, no row ends its turn: the common case, no copy
-        chosen = torch.full_like(scores, float("-inf"))
-        chosen[torch.arange(len(choice), device=scores.device), choice] = 0.0
-        return chosen
+        scores = scores.clone()
+        scores[substitute] = float("-inf")
+        scores[substitute, self.gen_emb_id] = 0.0
+        return scores
 
 
 class StopAfterGenEmb(StoppingCriteria):
