@@ -607,17 +607,14 @@ class RimeRefineRLTrainer(GRPOTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled or not is_rime_checkpoint(resume_from_checkpoint):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)  # TRL's layout
-        self._load_rime_checkpoint(resume_from_checkpoint, is_trainable=True)
+        load_training_checkpoint(resume_from_checkpoint, self.rime_model, self._adapter_model(), is_trainable=True)
 
     def _load_best_model(self) -> None:
         best = self.state.best_model_checkpoint
         if self.is_deepspeed_enabled or self.is_fsdp_enabled or not is_rime_checkpoint(best):
             return super()._load_best_model()
         logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
-        self._load_rime_checkpoint(best, is_trainable=False)
-
-    def _load_rime_checkpoint(self, folder: str, is_trainable: bool) -> None:
-        load_training_checkpoint(folder, self.rime_model, self._adapter_model(), is_trainable=is_trainable)
+        load_training_checkpoint(best, self.rime_model, self._adapter_model(), is_trainable=False)
 
 
 def _is_scalar(value) -> bool:
