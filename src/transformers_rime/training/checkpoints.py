@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 from ..encoder import RimeEncoder
 from ..models.rime.configuration_rime import RIME_FIELDS, RimeConfig
@@ -46,12 +47,14 @@ def rewrite_as_rime_checkpoint(folder: str | os.PathLike, config: RimeConfig, pr
         return False
     settings = {name: getattr(config, name) for name in RIME_FIELDS if name != "vlm_config"}
     model = RimeForEmbedding.from_pretrained(folder, tokenizer=processor.tokenizer, **settings)
-    for name in weights:  # the RIME model's shards may be named and split differently
-        os.remove(os.path.join(folder, name))
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        os.remove(index)
-    RimeEncoder(model, processor).save_pretrained(folder)
+    # Written whole next to the old files first, so a failed write (a full disk) never loses the gathered weights.
+    with tempfile.TemporaryDirectory(dir=folder) as staging:
+        RimeEncoder(model, processor).save_pretrained(staging)
+        for name in [*weights, "model.safetensors.index.json"]:  # the RIME shards may be named and split otherwise
+            if os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(folder, name))
     return True
 
 
