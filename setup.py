@@ -16,7 +16,16 @@ extras = {
     "testing": ["pytest>=8", "pytest-timeout>=2.3"],
 }
 extras["dev"] = sorted(
-    {*extras["testing"], *extras["quality"], *extras["st"], *extras["train"], *extras["rl"], *extras["eval"]}
+    {
+        *extras["testing"],
+        *extras["quality"],
+        *extras["st"],
+        *extras["train"],
+        *extras["rl"],
+        *extras["eval"],
+        # the peer test (tests/test_ume_r1_peer.py) compares against mteb's own UME-R1 wrapper
+        "mteb==2.26.0",
+    }
 )
 
 setup(

@@ -15,10 +15,10 @@ from transformers_rime.cli import main as rime
 from transformers_rime.evaluation import read_mmeb_v2
 from transformers_rime.evaluation.mmeb import VISDOC_CORPUS_INSTRUCTION, VISDOC_QUERY_INSTRUCTION
 from transformers_rime.evaluation.mmeb_data import (
+    frame_paths,
     read_mmeb_image_task,
     read_mmeb_video_retrieval_task,
     read_mmeb_visdoc_task,
-    sample_frames,
 )
 from transformers_rime.testing import tiny_rime_model, tiny_rime_processor
 
@@ -170,7 +170,7 @@ def test_video_retrieval_samples_frames_evenly_and_shares_videos(mmeb_root):
         "frame_8.jpg",
         "frame_12.jpg",
     ]
-    assert len(sample_frames(mmeb_root / "video-tasks/frames/video_ret/MSR-VTT/v1", 20)) == 12
+    assert len(frame_paths(mmeb_root / "video-tasks/frames/video_ret/MSR-VTT/v1", 20)) == 12
 
 
 def test_video_rows_without_frames_are_skipped_only_where_vlm2vec_skips(mmeb_root, caplog):

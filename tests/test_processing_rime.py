@@ -7,8 +7,7 @@ import torch
 from PIL import Image
 
 from transformers_rime import RimeProcessor
-from transformers_rime.inputs import load_image, to_rgb
-from transformers_rime.models.rime.processing_rime import sample_frames
+from transformers_rime.inputs import load_image, sample_frames, to_rgb
 from transformers_rime.testing import (
     CHAT_TEMPLATE,
     random_image,
@@ -83,13 +82,14 @@ def test_images_belong_to_their_text_and_counts_match_grids(processor):
     assert per_row == [0, tokens[0] + tokens[1], tokens[2]]
 
 
-def test_video_frames_go_through_the_image_path(processor):
+def test_video_as_images_feeds_frames_through_the_image_path(processor):
     frames = [random_image(40, 40, seed=i) for i in range(20)]
     processor.max_video_frames = 4
+    processor.video_as_images = True
     batch = processor(text=["cooking"], videos=[frames], mode="disc", return_tensors="pt")
     assert batch["image_grid_thw"].shape[0] == 4
     assert "pixel_values_videos" not in batch
-    assert sample_frames(list(range(20)), 4) == [0, 6, 13, 19]
+    assert sample_frames(list(range(20)), 4) == [0, 6, 12, 19]
 
 
 def test_too_long_prompt_is_an_error_never_a_cut(processor, image):
@@ -173,7 +173,7 @@ def test_tiny_and_elongated_images_are_resized(processor, size):
 
 
 def test_extreme_aspect_ratio_is_refused_with_the_item_named(processor):
-    with pytest.raises(ValueError, match=r"item 1: aspect ratio 3x700"):
+    with pytest.raises(ValueError, match=r"item 1 image 0: aspect ratio 3x700"):
         processor(text=["a", "b"], images=[None, random_image(3, 700)], mode="disc")
 
 
@@ -195,9 +195,9 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_image_files_missing_or_corrupt_are_named(tmp_path, processor):
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(b"not an image at all")
-    with pytest.raises(FileNotFoundError, match="item 0: image file not found: .*nope.png"):
+    with pytest.raises(FileNotFoundError, match="item 0 image 0: image file not found: .*nope.png"):
         processor(text=["x"], images=[str(tmp_path / "nope.png")], mode="disc")
-    with pytest.raises(ValueError, match="item 0: cannot read image file .*broken.png"):
+    with pytest.raises(ValueError, match="item 0 image 0: cannot read image file .*broken.png"):
         processor(text=["x"], images=[str(corrupt)], mode="disc")
     with pytest.raises(TypeError, match="expected a PIL image or an image path, got int"):
         processor(text=["x"], images=[3], mode="disc")

@@ -6,7 +6,8 @@ rime encode --model DIR --mode gen --role query --output q.npy "a red car" photo
 rime search --model DIR --queries queries.txt --corpus corpus.txt --query-mode gen --corpus-mode disc
 rime eval --model DIR --tasks my_task/ other_tasks/ --output-dir eval-out [--query-modes gen --corpus-modes disc]
 rime eval --model DIR --mmeb-v2 /data/MMEB-V2 --mmeb-tasks MSCOCO_t2i ViDoRe_docvqa --output-dir mmeb-out
-rime export --model leafyseay/RIME-2B --output-dir rime-2b [--results results.json] [--push-to-hub user/rime-2b]
+rime export --model leafyseay/RIME-2B --output-dir rime-2b [--preset rime|ume-r1] [--prompt-from RIME-Train/]
+            [--results results.json] [--push-to-hub user/rime-2b]
 ```
 
 Inputs given on the command line or in files (one per line) are texts, or image paths when they end in an image
@@ -84,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--license", default="apache-2.0", help="the card's license (check your backbone's)")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the export to this Hub repository")
     export.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    export.add_argument(
+        "--preset",
+        choices=("rime", "ume-r1"),
+        help="how a published checkpoint is fed (prompt, tags, rewrite budget); default: 'ume-r1' when the model's "
+        "name contains UME-R1, else 'rime'",
+    )
+    export.add_argument(
+        "--prompt-from",
+        type=Path,
+        metavar="PATH",
+        help="training data (RIME-Train / UME-R1 SFT or RL files or folder) to recover the generation prompt from",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -251,7 +264,23 @@ def run_export(args) -> int:
     if args.results is not None and not args.results.is_file():
         print(f"rime export: results file not found: {args.results}", file=sys.stderr)
         return 2
-    encoder = RimeEncoder.from_pretrained(args.model, device="cpu")
+    prompt = {}
+    if args.prompt_from is not None:
+        from .data import count_prompts, infer_prompt
+
+        try:
+            counts = count_prompts(args.prompt_from)
+            prompt = infer_prompt(counts)
+        except (OSError, ValueError) as error:
+            print(f"rime export: --prompt-from {args.prompt_from}: {error}", file=sys.stderr)
+            return 2
+        uses = counts["instructions"][prompt["gen_instruction"]]
+        tags = f", tags {prompt['rewrite_start']} {prompt['rewrite_end']}" if "rewrite_start" in prompt else ""
+        print(
+            f"recovered gen_instruction {prompt['gen_instruction']!r}{tags} from {counts['records']} records of "
+            f"{args.prompt_from} ({uses} of {sum(counts['instructions'].values())} prompts)"
+        )
+    encoder = RimeEncoder.from_pretrained(args.model, device="cpu", preset=args.preset, **prompt)
     card = {"license": args.license, "base_model": args.base_model}
     if args.push_to_hub:
         card["model_id"] = args.push_to_hub

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from tqdm.auto import tqdm
+from transformers.utils import logging
 
 from .evaluation.index import build_index
 from .export import write_sentence_transformers_files
 from .inputs import RimeInput, parse_inputs
 from .model_card import create_model_card
 from .models.rime.modeling_rime import RimeForEmbedding
-from .models.rime.processing_rime import MODES, ROLES, RimeProcessor, check_choice
+from .models.rime.processing_rime import MODES, PROCESSOR_KWARGS, ROLES, RimeProcessor, check_choice
 
 
 @dataclass
@@ -35,6 +36,8 @@ class RimeGeneration:
     """Discriminative embedding of the same item, `(dim,)`."""
 
 
+logger = logging.get_logger(__name__)
+
 # `from_pretrained` options that only concern the model's weights (the processor has no use for them)
 MODEL_LOADING_KWARGS = (
     "attn_implementation",
@@ -44,6 +47,31 @@ MODEL_LOADING_KWARGS = (
     "quantization_config",
     "low_cpu_mem_usage",
 )
+
+
+# A gen-mode call in which more rewrites than this hit the budget logs a warning: their embeddings were read at an
+# appended <gen_emb>, after a cut rewrite.
+UNFINISHED_WARNING_SHARE = 0.05
+
+
+def warn_if_unfinished(finished, budget: int | None) -> float:
+    """The share of rewrites that hit the budget (`finished=False`); logs a warning when it is over 5%.
+
+    ```python
+    >>> warn_if_unfinished([True, True, True, False], 8)  # logs: 1 of 4 rewrites (25.0%) hit the budget ...
+    0.25
+
+    ```
+    """
+    finished = [bool(f) for f in finished]
+    share = (len(finished) - sum(finished)) / len(finished) if finished else 0.0
+    if share > UNFINISHED_WARNING_SHARE:
+        logger.warning(
+            f"{len(finished) - sum(finished)} of {len(finished)} rewrites ({share:.1%}) hit the budget of "
+            f"{budget} new tokens before <gen_emb>; their gen embeddings follow a cut rewrite. Raise max_new_tokens "
+            "(a published model's own rewrites should fit in it)."
+        )
+    return share
 
 
 def _check_one_generation_per_item(generate_kwargs: dict) -> None:
@@ -106,6 +134,7 @@ class RimeEncoder:
         pretrained_model_name_or_path: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        preset: str | None = None,
         **kwargs,
     ) -> RimeEncoder:
         """Load model and processor from a RIME directory, a Hub id, or a published RIME / UME-R1 checkpoint.
@@ -115,20 +144,34 @@ class RimeEncoder:
             device: where to run (default: CUDA if available, else CPU). Not with `device_map`, which places the
                 weights itself.
             dtype: model dtype (e.g. `torch.bfloat16`); default: the checkpoint's.
-            kwargs: passed to both `from_pretrained` calls (`revision`, `local_files_only`, ...); the model-loading
-                options (`attn_implementation`, `device_map`, `quantization_config`, ...) to the model's only.
+            preset: `"rime"` or `"ume-r1"`: how a published checkpoint is fed (prompt, tags, budget). By default
+                `"ume-r1"` when the name or path contains `UME-R1`, else `"rime"`; a RIME directory keeps its own
+                settings unless this is given. See `RimeForEmbedding.from_pretrained`.
+            kwargs: passed to both `from_pretrained` calls (`revision`, `local_files_only`, ...); RIME settings
+                (`text_only_image`, `max_new_tokens`, ...) win over the preset's; the model-loading options
+                (`attn_implementation`, `device_map`, `quantization_config`, ...) go to the model only and the
+                processor's (`video_as_images`, `max_video_frames`, `size`, ...) to the processor only.
+
+        Example:
+
+        ```python
+        >>> encoder = RimeEncoder.from_pretrained("zhibinlan/UME-R1-2B")  # doctest: +SKIP
+        >>> encoder.model.config.text_only_image, encoder.model.config.max_new_tokens  # doctest: +SKIP
+        ('blank', 8192)
+
+        ```
         """
         if device is not None and kwargs.get("device_map") is not None:
             raise ValueError("Pass either `device` or `device_map`, not both.")
-        model_kwargs = dict(kwargs)
+        model_kwargs = {k: v for k, v in kwargs.items() if k not in PROCESSOR_KWARGS}
         if dtype is not None:
             model_kwargs["dtype"] = dtype
         processor_kwargs = {k: v for k, v in kwargs.items() if k not in MODEL_LOADING_KWARGS}
-        processor = RimeProcessor.from_pretrained(pretrained_model_name_or_path, **processor_kwargs)
+        processor = RimeProcessor.from_pretrained(pretrained_model_name_or_path, preset=preset, **processor_kwargs)
         if not isinstance(processor, RimeProcessor):  # pragma: no cover - from_pretrained returns cls
             raise TypeError(f"Expected a RimeProcessor, got {type(processor).__name__}.")
         model = RimeForEmbedding.from_pretrained(
-            pretrained_model_name_or_path, tokenizer=processor.tokenizer, **model_kwargs
+            pretrained_model_name_or_path, tokenizer=processor.tokenizer, preset=preset, **model_kwargs
         )
         if kwargs.get("device_map") is None:
             model = model.to(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -260,16 +303,21 @@ class RimeEncoder:
         single = not isinstance(inputs, (list, tuple))
         items = parse_inputs([inputs] if single else list(inputs))
         embeddings = torch.empty(len(items), self.embedding_dim, dtype=torch.float32, device=self.device)
+        finished = []
         for indices, batch in self._batches(items, batch_size, show_progress_bar, f"Encoding ({mode}, {role})"):
             features = self._features(batch, mode, role, instruction, max_length)
             with torch.inference_mode():
                 if mode == "disc":
                     batch_embeddings = self.model(**features).embeddings
                 else:
-                    batch_embeddings = self.model.generate_embeddings(
+                    output = self.model.generate_embeddings(
                         **features, max_new_tokens=max_new_tokens, **generate_kwargs
-                    ).embeddings
+                    )
+                    batch_embeddings = output.embeddings
+                    finished.extend(output.finished.tolist())
             embeddings[indices] = batch_embeddings.float()
+        if mode == "gen":
+            warn_if_unfinished(finished, self._budget(max_new_tokens))
         result = embeddings[0] if single else embeddings
         return result.cpu().numpy() if convert_to == "numpy" else result
 
@@ -286,7 +334,8 @@ class RimeEncoder:
     ) -> list[RimeGeneration]:
         """Write each item's rewrite and return it with both embeddings (gen mode, in full).
 
-        Takes the arguments of `encode`. Returns one [`RimeGeneration`] per item, in input order.
+        Takes the arguments of `encode`. Returns one [`RimeGeneration`] per item, in input order. When more than 5%
+        of the rewrites hit the budget (`finished=False`), a warning gives their share (as `encode` in gen mode does).
         """
         check_choice("role", role, ROLES)
         _check_one_generation_per_item(generate_kwargs)
@@ -307,7 +356,11 @@ class RimeEncoder:
                     embedding=output.embeddings[row].float().cpu().numpy(),
                     disc_embedding=output.disc_embeddings[row].float().cpu().numpy(),
                 )
+        warn_if_unfinished([result.finished for result in results], self._budget(max_new_tokens))
         return results
+
+    def _budget(self, max_new_tokens: int | None) -> int:
+        return max_new_tokens if max_new_tokens is not None else self.model.config.max_new_tokens
 
     def _batches(self, items: list[RimeInput], batch_size: int, show_progress_bar: bool | None, desc: str):
         """Yield `(indices, items)` batches, longest first, so each batch holds items of similar length."""

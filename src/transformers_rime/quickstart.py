@@ -95,7 +95,10 @@ def quickstart_processor() -> RimeProcessor:
         f"{gen_instruction}<|im_end|>\n<|im_start|>assistant\n"
     )
     texts = vocabulary_texts() * 20 + [prompt_text] * 50
-    return tiny_rime_processor(tokenizer=tiny_tokenizer(extra_texts=texts, vocab_size=800))
+    # Frames as images: with Qwen-VL's video path (two frames merged per temporal patch) the fast run's stage 1
+    # reached held-out disc->disc 0.19 against 0.375 as images (one run each), and the measured figures in the README
+    # were made this way. Published checkpoints get the video path (see RimeProcessor).
+    return tiny_rime_processor(tokenizer=tiny_tokenizer(extra_texts=texts, vocab_size=800), video_as_images=True)
 
 
 def quickstart_model(processor: RimeProcessor, seed: int = 0) -> RimeForEmbedding:

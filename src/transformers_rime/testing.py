@@ -130,8 +130,13 @@ def tiny_image_processor(family: str = "qwen2_vl"):
 
 
 def tiny_rime_processor(family: str = "qwen2_vl", tokenizer=None, **kwargs) -> RimeProcessor:
-    """A `RimeProcessor` over the tiny tokenizer and image processor (adds the RIME tokens)."""
+    """A `RimeProcessor` over the tiny tokenizer and image processor (adds the RIME tokens).
+
+    Video frames get the tiny image budget too (1 to 16 merged patches per frame) unless `kwargs` say otherwise.
+    """
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    factor = (16 if family == "qwen3_vl" else 14) * 2
+    kwargs = {"video_min_pixels": factor * factor, "video_max_pixels": 16 * factor * factor, **kwargs}
     return RimeProcessor(
         image_processor=tiny_image_processor(family), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, **kwargs
     )

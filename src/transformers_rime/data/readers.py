@@ -40,10 +40,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
-from ..inputs import is_image_path
+from ..inputs import frame_files, is_image_path
 
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg", ".3gp")
@@ -153,11 +152,6 @@ def _file(path, media_root, where: str, kind: str, check_files: bool) -> str:
     return path
 
 
-def _natural_key(name: str):
-    # frame_2.jpg before frame_10.jpg: compare digit runs as numbers, so unpadded frame numbers stay in order.
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
-
-
 def _frames(value, media_root, where: str, check_files: bool) -> list[str]:
     """A video as its ordered frame paths: a frame list as given, or the image files of a frame directory."""
     if isinstance(value, (str, os.PathLike)):
@@ -172,12 +166,10 @@ def _frames(value, media_root, where: str, check_files: bool) -> list[str]:
         directory = _resolve(value, media_root)
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{where}: video frame directory not found: {directory}")
-        names = sorted(
-            (e.name for e in os.scandir(directory) if e.is_file() and is_image_path(e.name)), key=_natural_key
-        )
-        if not names:
+        frames = frame_files(directory)
+        if not frames:
             raise ValueError(f"{where}: video frame directory has no image files: {directory}")
-        return [os.path.join(directory, name) for name in names]
+        return frames
     frames = _as_list(value, where, "video")
     if not frames:
         raise ValueError(f"{where}: 'video' is an empty frame list.")

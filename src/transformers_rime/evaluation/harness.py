@@ -101,7 +101,7 @@ def evaluate(
 
     Returns:
         The results: `{"benchmark", "metric", "scores": {task or aggregate: {"gen->disc": main metric, ...}},
-        "tasks": {name: {"metric", "scores", "metrics", "items_per_second", "generated_tokens_per_item", ...}},
+        "tasks": {name: {"metric", "scores", "metrics", "items_per_second", "generated_tokens_per_item", "unfinished_share", ...}},
         "model_fingerprint", "max_new_tokens", "versions", "dtype", "max_pixels"}`, the shape model cards read.
     """
     for name, modes in (("query_modes", query_modes), ("corpus_modes", corpus_modes)):
@@ -170,18 +170,21 @@ def _side_embeddings(encoder, task, side, mode, cache_path: Path | None, setting
     rank, world_size = _process()
     shard = np.array_split(np.arange(len(items)), world_size)[rank]  # contiguous, so gathering keeps the order
     start = time.perf_counter()
-    embeddings, tokens = _encode(encoder, [items[i] for i in shard], mode, role, instruction, settings)
+    embeddings, tokens, finished = _encode(encoder, [items[i] for i in shard], mode, role, instruction, settings)
     seconds = time.perf_counter() - start
     if world_size > 1:
         parts = [None] * world_size
-        torch.distributed.all_gather_object(parts, (embeddings, tokens, seconds))
+        torch.distributed.all_gather_object(parts, (embeddings, tokens, finished, seconds))
         embeddings = np.concatenate([part[0] for part in parts])
         tokens = [count for part in parts for count in part[1]]
-        seconds = max(part[2] for part in parts)  # the processes run side by side
+        finished = [flag for part in parts for flag in part[2]]
+        seconds = max(part[3] for part in parts)  # the processes run side by side
     timing = {
         "items": len(items),
         "seconds": seconds,
         "generated_tokens_per_item": float(np.mean(tokens)) if mode == "gen" else None,
+        # the share of rewrites cut by the budget (read at an appended <gen_emb>)
+        "unfinished_share": (1.0 - float(np.mean(finished))) if mode == "gen" else None,
     }
     if cache_path is not None and rank == 0:  # written whole, then renamed: an interruption never leaves half a file
         cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,15 +196,17 @@ def _side_embeddings(encoder, task, side, mode, cache_path: Path | None, setting
     return embeddings, timing
 
 
-def _encode(encoder, items, mode, role, instruction, settings) -> tuple[np.ndarray, list[int]]:
-    """Embeddings `(N, D)` float32 and, in gen mode, the generated tokens of each item."""
+def _encode(encoder, items, mode, role, instruction, settings) -> tuple[np.ndarray, list[int], list[bool]]:
+    """Embeddings `(N, D)` float32 and, in gen mode, each item's generated tokens and `finished` flag."""
     if not items:  # a process left without items (more processes than items)
-        return np.zeros((0, encoder.embedding_dim), np.float32), []
+        return np.zeros((0, encoder.embedding_dim), np.float32), [], []
     if mode == "gen":
         generations = encoder.generate(items, role=role, instruction=instruction, **settings)
-        return np.stack([g.embedding for g in generations]).astype(np.float32), [g.num_new_tokens for g in generations]
+        embeddings = np.stack([g.embedding for g in generations]).astype(np.float32)
+        return embeddings, [g.num_new_tokens for g in generations], [g.finished for g in generations]
     kwargs = {k: v for k, v in settings.items() if k != "max_new_tokens"}
-    return encoder.encode(items, mode="disc", role=role, instruction=instruction, **kwargs).astype(np.float32), []
+    embeddings = encoder.encode(items, mode="disc", role=role, instruction=instruction, **kwargs)
+    return embeddings.astype(np.float32), [], []
 
 
 def _process() -> tuple[int, int]:
@@ -232,6 +237,9 @@ def _score_task(task, embeddings, timings, query_modes, corpus_modes, metrics) -
         f"{side}/{mode}": timing["generated_tokens_per_item"]
         for (side, mode), timing in timings.items()
         if mode == "gen"
+    }
+    result["unfinished_share"] = {
+        f"{side}/{mode}": timing.get("unfinished_share") for (side, mode), timing in timings.items() if mode == "gen"
     }
     return result
 
@@ -292,15 +300,16 @@ def write_reports(results: dict, output_dir: str | os.PathLike) -> tuple[Path, P
     lines += [
         results_table(results),
         "",
-        "| task | side/mode | items/s | generated tokens/item |",
-        "|---|---|---|---|",
+        "| task | side/mode | items/s | generated tokens/item | rewrites cut by the budget |",
+        "|---|---|---|---|---|",
     ]
     for name, task in results["tasks"].items():
         for key, speed in task["items_per_second"].items():
             tokens = task["generated_tokens_per_item"].get(key)
+            cut = task.get("unfinished_share", {}).get(key)
             lines.append(
                 f"| {name} | {key} | {'' if speed is None else f'{speed:.2f}'} | "
-                f"{'' if tokens is None else f'{tokens:.1f}'} |"
+                f"{'' if tokens is None else f'{tokens:.1f}'} | {'' if cut is None else f'{cut:.1%}'} |"
             )
     markdown_path = output_dir / "results.md"
     markdown_path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -40,7 +40,7 @@ import re
 from pathlib import Path
 
 from .mmeb import MMEB_V2_BY_NAME, MMEB_V2_TASKS
-from .mmeb_files import Corpus, build_task, join, read_rows, sample_frames
+from .mmeb_files import Corpus, build_task, frame_paths, join, read_rows
 from .mmeb_video import read_mmeb_video_retrieval_task, read_mmeb_video_task
 from .tasks import RetrievalTask
 
@@ -209,5 +209,5 @@ __all__ = [
     "read_mmeb_v2",
     "read_mmeb_video_retrieval_task",
     "read_mmeb_visdoc_task",
-    "sample_frames",
+    "frame_paths",
 ]

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from ..data.readers import _natural_key
+from ..inputs import frame_files, sample_frames
 from .mmeb import MMEB_V2_BY_NAME
 from .tasks import RetrievalTask
 
 
 _ROW_SUFFIXES = (".parquet", ".jsonl", ".json")
-_FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def read_rows(path: Path, columns: list[str] | None = None, split: str | None = None) -> list[dict]:
@@ -71,24 +68,17 @@ def rows_of(file: Path, columns: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def sample_frames(frame_dir: Path, num_frames: int) -> list[str]:
-    """`num_frames` image files of `frame_dir` at evenly spaced positions (natural sort order, first and last
-    included), or all of them when there are fewer; `[]` when the folder is missing or holds no image."""
-    frame_dir = Path(frame_dir)
-    if not frame_dir.is_dir():
+def frame_paths(frame_dir: Path, num_frames: int) -> list[str]:
+    """`num_frames` image files of `frame_dir` picked by the library's frame sampler (`inputs.sample_frames`), or
+    all of them when there are fewer; `[]` when the folder is missing or holds no image."""
+    if not Path(frame_dir).is_dir():
         return []
-    frames = sorted(
-        (p for p in frame_dir.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES),
-        key=lambda p: _natural_key(p.name),
-    )
-    if num_frames < len(frames):
-        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, num_frames, dtype=int)]
-    return [str(p) for p in frames]
+    return sample_frames(frame_files(frame_dir), num_frames)
 
 
 def required_frames(frame_dir: Path, num_frames: int, where: str) -> list[str]:
-    """`sample_frames`, or a `FileNotFoundError` naming the row (`where`) when the folder has no frame."""
-    frames = sample_frames(frame_dir, num_frames)
+    """`frame_paths`, or a `FileNotFoundError` naming the row (`where`) when the folder has no frame."""
+    frames = frame_paths(frame_dir, num_frames)
     if not frames:
         raise FileNotFoundError(f"{where}: no frames in {frame_dir}.")
     return frames

@@ -21,7 +21,7 @@ import logging
 import re
 from pathlib import Path
 
-from .mmeb_files import Corpus, build_task, data_files, join, read_rows, required_frames, rows_of, sample_frames
+from .mmeb_files import Corpus, build_task, data_files, frame_paths, join, read_rows, required_frames, rows_of
 from .tasks import RetrievalTask
 
 
@@ -144,7 +144,7 @@ def read_mmeb_video_retrieval_task(
         caption = row[caption_column]
         caption = caption[0] if isinstance(caption, list) else caption
         if video_id not in corpus:
-            frames = sample_frames(frame_root / video_id, num_frames)
+            frames = frame_paths(frame_root / video_id, num_frames)
             if not frames:
                 if skip_missing:  # as VLM2Vec does for these two tasks
                     skipped += 1

@@ -213,12 +213,10 @@ class RimeContrastiveCollator:
         """One chunk: prompts (+ rewrite targets and labels when `with_gen`), left-padded, with pixel values."""
         processor = self.processor
         mode = "gen" if with_gen else "disc"
-        prompts, images, targets = [], [], []
+        prepared, targets = [], []
         for item in items:
             instruction = processor.instruction_for(item.role, item.instruction)
-            prompt, loaded = processor.prepare_item(item.item, mode, instruction, item.where)
-            prompts.append(prompt)
-            images.extend(loaded)
+            prepared.append(processor.prepare_item(item.item, mode, instruction, item.where))
             if with_gen:
                 try:
                     text = rewrite_target(
@@ -227,7 +225,7 @@ class RimeContrastiveCollator:
                 except ValueError as error:
                     raise ValueError(f"{item.where}: {error}") from None
                 targets.append(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        batch = processor(text=prompts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+        batch = processor.collate(prepared)
         if with_gen:
             batch = append_target_tokens(batch, targets, processor.tokenizer.pad_token_id)
         if self.max_length is not None:

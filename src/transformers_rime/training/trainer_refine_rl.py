@@ -370,7 +370,13 @@ class RimeRefineRLTrainer(GRPOTrainer):
         item, instruction, role = self._rollout_item(row)
         where = f"pair {row['pair_index']} ({row['side']})"
         instruction = processor.instruction_for(role, instruction)
-        images = processor.load_media(item, where)  # TRL renders the conversation itself
+        images, video = processor.load_media(item, where)  # TRL renders the conversation itself
+        if video is not None:
+            raise ValueError(
+                f"{where}: Refine-RL cannot roll out a video the way the model embeds it (TRL's GRPOTrainer passes "
+                "only images to generation). Drop video rows from RL, or feed frames as images everywhere with "
+                "`video_as_images=True` on the processor."
+            )
         messages = processor.build_messages(item.text, len(images), "gen", instruction)
         return {**row, "prompt": messages, "images": images}
 
@@ -474,7 +480,8 @@ class RimeRefineRLTrainer(GRPOTrainer):
     def _prepare_inputs_for_model(self, batch: dict) -> dict:
         device = self.accelerator.device
         dtype = self.rime_model.vlm.dtype
-        return {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in batch.items()}
+        floats = ("pixel_values", "pixel_values_videos")
+        return {k: (v.to(device, dtype) if k in floats else v.to(device)) for k, v in batch.items()}
 
     def _anchor_model(self):
         """The model the anchors come from, and a context to enter around its forward."""
@@ -518,15 +525,12 @@ class RimeRefineRLTrainer(GRPOTrainer):
             for slot in slots:
                 candidates.setdefault(self._candidate_key(row["pair_index"], slot), (row["pair_index"], slot))
         keys = list(candidates)
-        texts, images = [], []
+        prepared = []
         for pair_index, slot in candidates.values():
             item, instruction, role = self._candidate(pair_index, slot)
-            prompt, loaded = processor.prepare_item(
-                item, "disc", processor.instruction_for(role, instruction), f"pair {pair_index} ({slot})"
-            )
-            texts.append(prompt)
-            images.extend(loaded)
-        batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+            where = f"pair {pair_index} ({slot})"
+            prepared.append(processor.prepare_item(item, "disc", processor.instruction_for(role, instruction), where))
+        batch = processor.collate(prepared)
         batch = self._prepare_inputs_for_model({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
         model, context = self._anchor_model()
         with torch.no_grad(), _eval_mode(model), context, self.accelerator.autocast():

@@ -73,6 +73,31 @@ DEFAULT_GEN_INSTRUCTION = (
     "First rewrite the input into a concise, retrieval-friendly description in {rewrite_start} {rewrite_end} "
     "tags, then use the {gen_emb_token} tag to represent the entire input."
 )
+# UME-R1's generation prompt, verbatim (UME-R1 code: its eval collator and `grpo_embed.py`; mteb's
+# `UME_R1_EMBED_PROMPT`). Its SFT targets are `<think>...</think><answer>...</answer><gen_emb>`.
+UME_R1_GEN_INSTRUCTION = (
+    "Represent the above input text, images, videos, or any combination of the three as embeddings. "
+    "First output the thinking process in <think> </think> tags and then summarize the entire input in a word or "
+    "sentence. Finally, use the <gen_emb> tag to represent the entire input."
+)
+# How a published checkpoint is fed, by family. `from_pretrained(..., preset=...)` applies one; a field the caller
+# passes wins. "rime" keeps RimeConfig's defaults: RIME's own instruction and tags are not public (recover them from
+# RIME-Train with `transformers_rime.data.infer_prompt`). "ume-r1": the task instruction is part of each item's text
+# (VLM2Vec style), so no role instruction is added; 8192 new tokens is UME-R1's evaluation budget.
+PRESETS = {
+    "rime": {},
+    "ume-r1": {
+        "gen_instruction": UME_R1_GEN_INSTRUCTION,
+        "rewrite_start": "<think>",
+        "rewrite_end": "</answer>",
+        "query_instruction": None,
+        "document_instruction": None,
+        "max_new_tokens": 8192,
+    },
+}
+# What a text-only item is fed with: "blank" is UME-R1's 28x28 white RGB image, put where an item's image would go
+# (its eval collator, `grpo_embed.py`, and `blank.jpg` in its SFT data); None feeds text alone.
+TEXT_ONLY_IMAGES = ("blank", None)
 SUPPORTED_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 POOLING_MODES = ("token", "last")
 # from_pretrained keyword arguments that locate files (passed on when we read a config or tokenizer ourselves)
@@ -125,6 +150,14 @@ class RimeConfig(PreTrainedConfig):
         gen_instruction (`str`, *optional*):
             Instruction that follows `<disc_emb>` in generative mode and asks for the rewrite. `{rewrite_start}`,
             `{rewrite_end}` and `{gen_emb_token}` are filled in from the fields above.
+        text_only_image (`str`, *optional*):
+            `"blank"` puts a 28x28 white RGB image in front of every item with no image or video, as UME-R1 (and so
+            very likely RIME-2B) was trained and evaluated; `None` feeds such items as text alone. Checkpoints in the
+            published layout get `"blank"`; a config built from scratch keeps `None`.
+        disc_token_offset (`int`, *optional*, defaults to 0):
+            Read the disc embedding this many tokens after `<disc_emb>`. A parity option, not a recommendation:
+            UME-R1's released evaluation script reads one token late (the newline after `<disc_emb>`; UME-R1 issue
+            #8), so `1` reproduces its published disc numbers. UME-R1 trained at `<disc_emb>`: keep 0 for training.
 
     Example:
 
@@ -156,6 +189,8 @@ class RimeConfig(PreTrainedConfig):
     query_instruction: str | None = DEFAULT_QUERY_INSTRUCTION
     document_instruction: str | None = DEFAULT_DOCUMENT_INSTRUCTION
     gen_instruction: str = DEFAULT_GEN_INSTRUCTION
+    text_only_image: str | None = None
+    disc_token_offset: int = 0
 
     def __post_init__(self, **kwargs):
         vlm_config = self.vlm_config if self.vlm_config is not None else {"model_type": "qwen2_vl"}
@@ -179,6 +214,14 @@ class RimeConfig(PreTrainedConfig):
             raise ValueError(f"RimeConfig: `max_new_tokens` must be a positive integer, got {self.max_new_tokens!r}.")
         if self.disc_emb_token == self.gen_emb_token:
             raise ValueError("RimeConfig: `disc_emb_token` and `gen_emb_token` must differ.")
+        if self.text_only_image not in TEXT_ONLY_IMAGES:
+            raise ValueError(
+                f"RimeConfig: `text_only_image` must be one of {TEXT_ONLY_IMAGES}, got {self.text_only_image!r}."
+            )
+        if not isinstance(self.disc_token_offset, int) or self.disc_token_offset < 0:
+            raise ValueError(
+                f"RimeConfig: `disc_token_offset` must be a non-negative integer, got {self.disc_token_offset!r}."
+            )
 
     @property
     def hidden_size(self) -> int:
@@ -198,6 +241,40 @@ class RimeConfig(PreTrainedConfig):
 RIME_FIELDS = tuple(
     name for name in RimeConfig.__dataclass_fields__ if name not in PreTrainedConfig.__dataclass_fields__
 )
+
+
+def preset_for(name_or_path, preset: str | None = None) -> str:
+    """The preset of a checkpoint: `preset` if given, else `"ume-r1"` when its name or path contains `UME-R1` (any
+    case), else `"rime"`.
+
+    ```python
+    >>> preset_for("zhibinlan/UME-R1-2B"), preset_for("/models/ume-r1-7b"), preset_for("leafyseay/RIME-2B")
+    ('ume-r1', 'ume-r1', 'rime')
+    >>> preset_for("zhibinlan/UME-R1-2B", preset="rime")
+    'rime'
+
+    ```
+    """
+    if preset is None:
+        preset = "ume-r1" if "ume-r1" in os.fspath(name_or_path).lower() else "rime"
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; expected one of {', '.join(map(repr, PRESETS))}.")
+    return preset
+
+
+def published_settings(name_or_path, preset: str | None = None, **chosen) -> dict:
+    """The RIME settings a published-layout checkpoint is fed with: `text_only_image="blank"` and its preset's
+    fields (see `PRESETS`), under the settings the caller `chosen` (which win).
+
+    ```python
+    >>> published_settings("zhibinlan/UME-R1-2B", max_new_tokens=512)["max_new_tokens"]
+    512
+    >>> published_settings("leafyseay/RIME-2B", text_only_image=None)
+    {'text_only_image': None}
+
+    ```
+    """
+    return {"text_only_image": "blank", **PRESETS[preset_for(name_or_path, preset)], **chosen}
 
 
 def format_gen_instruction(template: str, rewrite_start: str, rewrite_end: str, gen_emb_token: str) -> str:

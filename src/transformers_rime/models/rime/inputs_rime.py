@@ -1,9 +1,9 @@
 # Copyright 2026 The transformers_rime authors. Licensed under the Apache License, Version 2.0.
 """What RIME accepts as an item to embed, and how images are opened and cleaned.
 
-Accepted items: a `str` (text, or an image path when it ends in an image extension), a `pathlib.Path` (image), a
-`PIL.Image.Image`, a list of frames (a video: PIL images or paths), or a dict with any of `text`, `image`, `images`,
-`video`. Parsing fails on the first bad item with an error that names it, before any model work.
+Accepted items: a `str` (text, or an image path when it ends in an image extension), a `pathlib.Path` (an image, or
+a folder of frames: a video), a `PIL.Image.Image`, a list of frames (a video: PIL images or paths), or a dict with any
+of `text`, `image`, `images`, `video` (a frame list or a frame folder). Parsing fails on the first bad item with an error that names it, before any model work.
 
 This file ships to the Hub next to the weights (``trust_remote_code``), so that the processor and the
 sentence-transformers module read inputs exactly as `RimeEncoder` does: it imports only PIL and numpy.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,40 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 DICT_KEYS = ("text", "image", "images", "video")
 # Qwen's smart_resize refuses aspect ratios above 200; we refuse them earlier, naming the item.
 MAX_ASPECT_RATIO = 200
+# UME-R1's image for text-only items: 28x28, white, RGB (its eval collator and `grpo_embed.py`; `blank.jpg` in SFT).
+BLANK_IMAGE_SIZE = (28, 28)
+
+
+def blank_image() -> Image.Image:
+    """The image a text-only item is fed with under `text_only_image="blank"`: 28x28 white RGB."""
+    return Image.new("RGB", BLANK_IMAGE_SIZE, (255, 255, 255))
+
+
+def frame_files(directory: str | os.PathLike) -> list[str]:
+    """The image files of a frame folder, in natural order (`frame_2.jpg` before `frame_10.jpg`); `[]` if none."""
+
+    def natural_key(name: str):
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+    names = [entry.name for entry in os.scandir(directory) if entry.is_file() and is_image_path(entry.name)]
+    return [os.path.join(os.fspath(directory), name) for name in sorted(names, key=natural_key)]
+
+
+def sample_frames(frames: list, max_frames: int) -> list:
+    """Keep at most `max_frames` frames, evenly spaced: indices `linspace(0, n - 1, max_frames)` rounded down, as
+    VLM2Vec's (and so UME-R1's) video loader picks them. The library's only frame sampler.
+
+    ```python
+    >>> sample_frames(list(range(12)), 8)
+    [0, 1, 3, 4, 6, 7, 9, 11]
+    >>> sample_frames(list(range(3)), 8)
+    [0, 1, 2]
+
+    ```
+    """
+    if len(frames) <= max_frames:
+        return list(frames)
+    return [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames, dtype=int)]
 
 
 @dataclass
@@ -72,6 +107,8 @@ def parse_input(item, index: int) -> RimeInput:
         if not item.strip():
             raise ValueError(f"{where}: empty text.")
         return RimeInput(text=item)
+    if isinstance(item, Path) and item.is_dir():
+        return _video_input(None, item, where)
     if isinstance(item, (Path, Image.Image)):
         return RimeInput(images=[item], sizes=[_check_image(item, where)])
     if isinstance(item, (list, tuple)):
@@ -105,8 +142,15 @@ def parse_input(item, index: int) -> RimeInput:
 
 
 def _video_input(text: str | None, frames, where: str) -> RimeInput:
+    if isinstance(frames, (str, os.PathLike)) and os.path.isdir(frames):
+        folder = frames
+        frames = frame_files(folder)
+        if not frames:
+            raise ValueError(f"{where}: the frame folder {os.fspath(folder)} holds no image files.")
     if not isinstance(frames, (list, tuple)) or len(frames) == 0:
-        raise ValueError(f"{where}: a video must be a non-empty list of frames (PIL images or paths).")
+        raise ValueError(
+            f"{where}: a video must be a non-empty list of frames (PIL images or paths) or a frame folder."
+        )
     sizes = [_check_image(frame, f"{where} frame {i}") for i, frame in enumerate(frames)]
     return RimeInput(text=text, video=list(frames), sizes=sizes)
 
@@ -183,12 +227,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 __all__ = [
+    "BLANK_IMAGE_SIZE",
     "IMAGE_EXTENSIONS",
     "RimeInput",
+    "blank_image",
+    "frame_files",
     "is_image_path",
     "load_image",
     "open_image_file",
     "parse_input",
     "parse_inputs",
+    "sample_frames",
     "to_rgb",
 ]

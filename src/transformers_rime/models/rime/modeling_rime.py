@@ -33,7 +33,15 @@ from transformers import (
 )
 from transformers.utils import ModelOutput
 
-from .configuration_rime import RIME_FIELDS, PreTrainedConfig, RimeConfig, select_hub_kwargs
+from .configuration_rime import (
+    PRESETS,
+    RIME_FIELDS,
+    PreTrainedConfig,
+    RimeConfig,
+    preset_for,
+    published_settings,
+    select_hub_kwargs,
+)
 
 
 # --------------------------------------------------------------------------- pooling (pure functions)
@@ -56,6 +64,22 @@ def last_token_positions(input_ids: torch.LongTensor, token_id: int, token_name:
         raise ValueError(f"No {token_name} (id {token_id}) in batch row(s) {missing}; was the prompt truncated?")
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return torch.where(matches, positions, -1).amax(dim=1)
+
+
+def offset_positions(positions: torch.LongTensor, offset: int, length: int) -> torch.LongTensor:
+    """`positions + offset`, refusing a read past the end of the sequence (`disc_token_offset`).
+
+    ```python
+    >>> offset_positions(torch.tensor([3, 5]), 1, 8).tolist()
+    [4, 6]
+
+    ```
+    """
+    shifted = positions + offset
+    if offset and bool((shifted >= length).any()):
+        rows = (shifted >= length).nonzero().flatten().tolist()
+        raise ValueError(f"disc_token_offset={offset} reads past the end of batch row(s) {rows}.")
+    return shifted
 
 
 def last_nonpad_positions(attention_mask: torch.Tensor) -> torch.LongTensor:
@@ -458,6 +482,11 @@ class RimeForEmbedding(RimePreTrainedModel):
             )
         return token_id
 
+    def _disc_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """Where each row's disc embedding is read: its last `<disc_emb>`, plus `config.disc_token_offset`."""
+        positions = last_token_positions(input_ids, self._embedding_token_id("disc_emb"), "<disc_emb>")
+        return offset_positions(positions, self.config.disc_token_offset, input_ids.shape[1])
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -521,7 +550,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         if self.config.pooling == "token":
             if input_ids is None:
                 raise ValueError("pooling='token' needs `input_ids` to find the embedding token.")
-            positions = last_token_positions(input_ids, self._embedding_token_id("disc_emb"), "<disc_emb>")
+            positions = self._disc_positions(input_ids)
         else:
             mask = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
             positions = last_nonpad_positions(mask)
@@ -605,7 +634,6 @@ class RimeForEmbedding(RimePreTrainedModel):
         if self.config.pooling != "token":
             raise ValueError("generate_embeddings reads embedding tokens; it needs config.pooling='token'.")
         gen_id = self._embedding_token_id("gen_emb")
-        disc_id = self._embedding_token_id("disc_emb")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if not bool(attention_mask[:, -1].all()):
@@ -618,7 +646,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         copies = kwargs.get("num_return_sequences", 1)
         copies = 1 if copies is None else copies
         _check_decoding(kwargs, sampling, copies)
-        disc_positions = last_token_positions(input_ids, disc_id, "<disc_emb>").repeat_interleave(copies)
+        disc_positions = self._disc_positions(input_ids).repeat_interleave(copies)
         batch_size, prompt_length = input_ids.shape[0] * copies, input_ids.shape[1]
 
         base_config = kwargs.get("generation_config") or self.vlm.generation_config
@@ -673,10 +701,15 @@ class RimeForEmbedding(RimePreTrainedModel):
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, preset: str | None = None, **kwargs):
         """Load a RIME checkpoint, or a backbone checkpoint in the published RIME-2B / UME-R1 layout.
 
         Pass `tokenizer=` to read the RIME token ids of a published checkpoint from an already-loaded tokenizer.
+
+        A published checkpoint is fed as its family was trained: `text_only_image="blank"` and the settings of its
+        `preset` (`"rime"`, or `"ume-r1"`, the default when the name or path contains `UME-R1`; see `PRESETS`).
+        A RIME checkpoint keeps its saved settings unless `preset` is given. RIME settings passed as keyword
+        arguments (`text_only_image=None`, `max_new_tokens=...`) always win.
 
         For the published layout (a plain `qwen2_vl`-style `config.json`), the backbone is loaded with its own
         class (so legacy weight names map correctly), every weight must be present (a missing, unexpected or
@@ -692,7 +725,10 @@ class RimeForEmbedding(RimePreTrainedModel):
             )
             model_type = config_dict.get("model_type")
         if model_type != cls.config_class.model_type:
-            return cls.from_backbone_checkpoint(pretrained_model_name_or_path, **kwargs)
+            return cls.from_backbone_checkpoint(pretrained_model_name_or_path, preset=preset, **kwargs)
+        if preset is not None:
+            for name, value in PRESETS[preset_for(pretrained_model_name_or_path, preset)].items():
+                kwargs.setdefault(name, value)
         kwargs.pop("tokenizer", None)  # token ids are in the config already
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(
@@ -702,15 +738,19 @@ class RimeForEmbedding(RimePreTrainedModel):
         return (model, info) if wants_info else model
 
     @classmethod
-    def from_backbone_checkpoint(cls, path: str | os.PathLike, tokenizer=None, **kwargs) -> RimeForEmbedding:
+    def from_backbone_checkpoint(
+        cls, path: str | os.PathLike, tokenizer=None, preset: str | None = None, **kwargs
+    ) -> RimeForEmbedding:
         """Wrap a backbone checkpoint whose tokenizer has the RIME tokens (the published layout).
 
         Keyword arguments named like a RIME setting (`max_new_tokens`, `query_instruction`, ...; see `RIME_FIELDS`)
-        configure RIME; every other one (`dtype`, `device_map`, `attn_implementation`, `quantization_config`, ...)
-        goes to the backbone's `from_pretrained`, so the weights load as asked.
+        configure RIME, over the published settings (`published_settings`: the blank image for text-only items and
+        the `preset`'s prompt); every other one (`dtype`, `device_map`, `attn_implementation`,
+        `quantization_config`, ...) goes to the backbone's `from_pretrained`, so the weights load as asked.
         """
         kwargs.pop("config", None)
-        rime_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in RIME_FIELDS and k != "vlm_config"}
+        chosen = {k: kwargs.pop(k) for k in list(kwargs) if k in RIME_FIELDS and k != "vlm_config"}
+        rime_kwargs = published_settings(path, preset, **chosen)
         vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
         _raise_on_random_weights(path, info)
         if tokenizer is None:

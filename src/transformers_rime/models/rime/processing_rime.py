@@ -8,8 +8,11 @@ sibling files.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from transformers import Qwen2VLProcessor
+import torch
+from transformers import BatchFeature, PreTrainedConfig, Qwen2VLProcessor
+from transformers.utils import logging
 
 from .configuration_rime import (
     DEFAULT_DOCUMENT_INSTRUCTION,
@@ -19,10 +22,16 @@ from .configuration_rime import (
     GEN_EMB_TOKEN,
     REWRITE_END,
     REWRITE_START,
+    TEXT_ONLY_IMAGES,
     format_gen_instruction,
+    published_settings,
     select_hub_kwargs,
 )
-from .inputs_rime import RimeInput, load_image, parse_input
+from .inputs_rime import RimeInput, blank_image, load_image, parse_input, sample_frames
+from .video_rime import VIDEO_FPS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, video_patches, visual_token_count
+
+
+logger = logging.get_logger(__name__)
 
 
 MODES = ("disc", "gen")
@@ -37,10 +46,31 @@ PROMPT_FIELDS = (
     "rewrite_end",
     "disc_emb_token",
     "gen_emb_token",
+    "text_only_image",
 )
 # The pixel budget UME-R1 (and so RIME) embeds with; stock Qwen2-VL configs allow 5x more pixels per image.
 PUBLISHED_PIXEL_BUDGET = {"shortest_edge": 3136, "longest_edge": 2359296}
 PIXEL_KWARGS = ("size", "min_pixels", "max_pixels")
+# `from_pretrained` options that only concern the processor (the model has no use for them)
+PROCESSOR_KWARGS = (
+    *PIXEL_KWARGS,
+    "max_video_frames",
+    "video_min_pixels",
+    "video_max_pixels",
+    "video_fps",
+    "video_as_images",
+)
+# Backbones whose video input this processor reproduces (Qwen3-VL's puts timestamps in the text: not reproduced).
+VIDEO_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
+
+
+@dataclass
+class PreparedItem:
+    """One item ready for batching: its templated prompt, its images and its video frames (RGB PIL images)."""
+
+    prompt: str
+    images: list
+    video: list | None = None
 
 
 class RimeProcessor(Qwen2VLProcessor):
@@ -58,8 +88,15 @@ class RimeProcessor(Qwen2VLProcessor):
     Called without `mode`, it is the stock Qwen processor (already-templated text in, tensors out), which is how
     TRL and sentence-transformers drive it.
 
-    Unlike the stock processor it needs no video processor (so no torchvision): a video is a list of frames that
-    goes through the image path, one image per frame, at most `max_video_frames` frames sampled uniformly.
+    An item with no image or video gets a 28x28 white image first when `text_only_image="blank"` (how UME-R1, and
+    so very likely RIME-2B, saw text). A video (at most `max_video_frames` frames, sampled evenly) is one Qwen-VL
+    video: `<|video_pad|>` tokens, `pixel_values_videos` and `video_grid_thw` (plus `second_per_grid_ts` on
+    Qwen2.5-VL), computed with numpy instead of the stock video processor, so no torchvision is needed (see
+    `video_rime.py`). The defaults are what UME-R1's evaluation fed: 8 frames (`experiments/public/eval/video.yaml`),
+    128 to 768 merged patches of pixels per frame and 2 frames per second (qwen-vl-utils' `VIDEO_MIN_TOKEN_NUM`,
+    `VIDEO_MAX_TOKEN_NUM`, `FPS`, which UME-R1's eval collator and `grpo_embed.py` load videos with).
+    `video_as_images=True` feeds the frames as separate images instead; Qwen3-VL backbones always do (with a
+    warning), since their video prompt carries timestamps this processor does not write.
     Batches are always left-padded. A prompt longer than `max_length` is an error, never a silent cut of
     `<disc_emb>` or of image tokens. The RIME tokens are added to a tokenizer that lacks them as ordinary added
     tokens (not special tokens, which decoding with `skip_special_tokens=True` would strip).
@@ -85,8 +122,20 @@ class RimeProcessor(Qwen2VLProcessor):
             Opening rewrite tag (used in the gen instruction).
         rewrite_end (`str`, *optional*, defaults to `"</rewrite>"`):
             Closing rewrite tag.
+        text_only_image (`str`, *optional*):
+            `"blank"` or `None` (see `RimeConfig.text_only_image`).
         max_video_frames (`int`, *optional*, defaults to 8):
-            Frames kept per video (uniformly sampled).
+            Frames kept per video (evenly sampled, see `sample_frames`).
+        video_min_pixels (`int`, *optional*, defaults to `128 * 28 * 28`):
+            Fewest pixels per video frame (smaller frames are upscaled).
+        video_max_pixels (`int`, *optional*, defaults to `768 * 28 * 28`):
+            Most pixels per video frame (long videos get fewer, as in qwen-vl-utils).
+        video_fps (`float`, *optional*, defaults to 2.0):
+            Frame rate of the frames, for Qwen2.5-VL's time axis (`second_per_grid_ts = temporal_patch_size / fps`).
+        video_as_images (`bool`, *optional*, defaults to `False`):
+            Feed a video's frames as separate images (the library's behaviour before the video path existed).
+        backbone_type (`str`, *optional*):
+            The backbone's `model_type`; set from the model's config. Decides the video inputs.
 
     Example:
 
@@ -113,9 +162,16 @@ class RimeProcessor(Qwen2VLProcessor):
         gen_emb_token: str = GEN_EMB_TOKEN,
         rewrite_start: str = REWRITE_START,
         rewrite_end: str = REWRITE_END,
+        text_only_image: str | None = None,
         max_video_frames: int = 8,
+        video_min_pixels: int = VIDEO_MIN_PIXELS,
+        video_max_pixels: int = VIDEO_MAX_PIXELS,
+        video_fps: float = VIDEO_FPS,
+        video_as_images: bool = False,
+        backbone_type: str | None = None,
         **kwargs,
     ):
+        check_choice("text_only_image", text_only_image, TEXT_ONLY_IMAGES)
         self.query_instruction = query_instruction
         self.document_instruction = document_instruction
         self.gen_instruction = gen_instruction
@@ -123,7 +179,13 @@ class RimeProcessor(Qwen2VLProcessor):
         self.gen_emb_token = gen_emb_token
         self.rewrite_start = rewrite_start
         self.rewrite_end = rewrite_end
+        self.text_only_image = text_only_image
         self.max_video_frames = max_video_frames
+        self.video_min_pixels = video_min_pixels
+        self.video_max_pixels = video_max_pixels
+        self.video_fps = video_fps
+        self.video_as_images = video_as_images
+        self.backbone_type = backbone_type
         if tokenizer is not None:
             missing = [t for t in (gen_emb_token, disc_emb_token) if t not in tokenizer.get_vocab()]
             if missing:
@@ -134,15 +196,35 @@ class RimeProcessor(Qwen2VLProcessor):
         super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, preset: str | None = None, **kwargs):
+        """Load a saved RIME processor, or build one for a published RIME-2B / UME-R1 checkpoint.
+
+        A published checkpoint ships the stock Qwen processor files. It is fed as its family was trained: the
+        `preset` (`"rime"` or `"ume-r1"`, by default `"ume-r1"` when the name contains `UME-R1`) sets the prompt,
+        text-only items get the blank image, and images get the published pixel budget. Keyword arguments you pass
+        (`text_only_image=None`, `gen_instruction=...`, `size=...`) win. A saved RIME processor keeps its own
+        settings unless `preset` is given.
+        """
         # Pin the PIL image backend: the saved config names the torchvision class, which would make CPU and GPU
         # machines preprocess differently (and fail where torchvision is missing).
         kwargs.setdefault("backend", "pil")
+        hub_kwargs = select_hub_kwargs(kwargs)
+        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **hub_kwargs)
+        published = "gen_instruction" not in processor_dict
+        if published or preset is not None:
+            settings = published_settings(pretrained_model_name_or_path, preset)
+            if not published:
+                settings.pop("text_only_image")
+            for name, value in settings.items():
+                if name in PROMPT_FIELDS:
+                    kwargs.setdefault(name, value)
+        if published and "backbone_type" not in kwargs:
+            config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            kwargs["backbone_type"] = config_dict.get("vlm_config", config_dict).get("model_type")
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        # A published RIME / UME-R1 checkpoint ships the stock Qwen preprocessor config, whose pixel budget is not
-        # the one the model embeds with: use RIME's unless the caller chose one.
-        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **select_hub_kwargs(kwargs))
-        if "gen_instruction" not in processor_dict and not any(k in kwargs for k in PIXEL_KWARGS):
+        # The stock Qwen preprocessor config's pixel budget is not the one the model embeds with: use RIME's unless
+        # the caller chose one.
+        if published and not any(k in kwargs for k in PIXEL_KWARGS):
             processor.image_processor.size = dict(PUBLISHED_PIXEL_BUDGET)
         return processor
 
@@ -177,6 +259,7 @@ class RimeProcessor(Qwen2VLProcessor):
         """
         for name in PROMPT_FIELDS:
             setattr(self, name, getattr(config, name))
+        self.backbone_type = config.vlm_config.model_type
         for token, token_id in (
             (self.disc_emb_token, config.disc_emb_token_id),
             (self.gen_emb_token, config.gen_emb_token_id),
@@ -207,15 +290,22 @@ class RimeProcessor(Qwen2VLProcessor):
             )
         return user_text
 
-    def build_messages(self, text: str | None, num_images: int, mode: str, instruction: str | None) -> list[dict]:
-        """One chat conversation: a user turn with `num_images` image slots, then the RIME text."""
+    def build_messages(
+        self, text: str | None, num_images: int, mode: str, instruction: str | None, has_video: bool = False
+    ) -> list[dict]:
+        """One chat conversation: a user turn with `num_images` image slots and a video slot, then the RIME text
+        (media first, as UME-R1's eval collator orders them)."""
         content = [{"type": "image"} for _ in range(num_images)]
+        if has_video:
+            content.append({"type": "video"})
         content.append({"type": "text", "text": self.build_user_text(text, mode, instruction)})
         return [{"role": "user", "content": content}]
 
-    def render_prompt(self, text: str | None, num_images: int, mode: str, instruction: str | None) -> str:
+    def render_prompt(
+        self, text: str | None, num_images: int, mode: str, instruction: str | None, has_video: bool = False
+    ) -> str:
         """The templated prompt string for one item (gen mode opens the assistant turn)."""
-        messages = self.build_messages(text, num_images, mode, instruction)
+        messages = self.build_messages(text, num_images, mode, instruction, has_video)
         return self.apply_chat_template(messages, tokenize=False, add_generation_prompt=(mode == "gen"))
 
     # ------------------------------------------------------------------ call
@@ -239,27 +329,40 @@ class RimeProcessor(Qwen2VLProcessor):
             text (`str` or `list[str]`, *optional*):
                 With `mode`: the raw texts (`None` or `""` for media-only items). Without `mode`: templated text.
             videos (`list`, *optional*):
-                With `mode`: one entry per text, `None` or a list of frames (PIL or paths).
+                With `mode`: one entry per text, `None`, a list of frames (PIL or paths) or a frame folder.
             mode (`str`, *optional*):
-                `"disc"` or `"gen"`; `None` means stock Qwen behaviour.
+                `"disc"` or `"gen"`; `None` means stock Qwen behaviour (images only: videos need `mode`).
             role (`str`, *optional*, defaults to `"query"`):
                 `"query"` or `"document"`: selects the instruction.
             instruction (`str`, *optional*):
                 Overrides the role's instruction.
             max_length (`int`, *optional*):
                 With `mode`: longest allowed prompt in tokens; a longer one raises a `ValueError`.
-            return_tensors (`str`, *optional*):
+            return_tensors (`str`, *optional*, defaults to `"pt"` with `mode`):
                 `"pt"` for torch tensors.
 
         Returns:
-            [`BatchFeature`]: `input_ids`, `attention_mask` (left-padded), `mm_token_type_ids` and, with images,
-            `pixel_values` and `image_grid_thw`.
+            [`BatchFeature`]: `input_ids`, `attention_mask` (left-padded), `mm_token_type_ids`, with images
+            `pixel_values` and `image_grid_thw`, with videos `pixel_values_videos` and `video_grid_thw` (and
+            `second_per_grid_ts` on Qwen2.5-VL).
         """
         if mode is None:
             if role is not None or instruction is not None:
                 raise ValueError("RimeProcessor: `role` and `instruction` only apply with `mode='disc'` or 'gen'.")
-            return super().__call__(images=images, text=text, videos=videos, **kwargs)
-        return self._rime_call(images, text, videos, mode, role or "query", instruction, **kwargs)
+            if videos is not None:
+                raise ValueError(
+                    "RimeProcessor: videos need `mode='disc'` or 'gen' (the stock video processor needs torchvision)."
+                )
+            return super().__call__(images=images, text=text, **kwargs)
+        instruction = self.instruction_for(role or "query", instruction)
+        items = [
+            RimeInput(item_text, item_images, frames)
+            for item_text, item_images, frames in zip(*self._align_inputs(text, images, videos))
+        ]
+        prepared = [self.prepare_item(item, mode, instruction, f"item {i}") for i, item in enumerate(items)]
+        return self.collate(
+            prepared, max_length=kwargs.get("max_length"), return_tensors=kwargs.get("return_tensors", "pt")
+        )
 
     def process_inputs(
         self,
@@ -272,8 +375,10 @@ class RimeProcessor(Qwen2VLProcessor):
     ):
         """Build a batch from the items `RimeEncoder.encode` accepts (str, image path, PIL image, frame list, dict).
 
-        This is the one place where items become prompts: `RimeEncoder` and the sentence-transformers module both
-        call it, so the two render identical prompts for the same item.
+        Every item takes one path: parse, media (images, video frames, the blank image), one prompt
+        ([`~RimeProcessor.prepare_item`]), tensors ([`~RimeProcessor.collate`]). `RimeEncoder`, the
+        sentence-transformers module, the training collator and the Refine-RL trainer all go through it, so they
+        render identical prompts for the same item.
 
         Args:
             inputs (`list`): items, raw or already parsed ([`RimeInput`]).
@@ -291,35 +396,86 @@ class RimeProcessor(Qwen2VLProcessor):
 
         ```
         """
-        items = [item if isinstance(item, RimeInput) else parse_input(item, i) for i, item in enumerate(inputs)]
-        return self(
-            text=[item.text for item in items],
-            images=[item.images or None for item in items],
-            videos=[item.video for item in items],
-            mode=mode,
-            role=role,
-            instruction=instruction,
-            max_length=max_length,
-            return_tensors=return_tensors,
-        )
-
-    def _rime_call(self, images, text, videos, mode, role, instruction, max_length=None, **kwargs):
-        check_choice("mode", mode, MODES)
         instruction = self.instruction_for(role, instruction)
-        texts, per_item_images = self._align_inputs(text, images, videos)
-        kwargs.pop("truncation", None)  # we never truncate: too long is an error (see max_length)
-        kwargs.pop("padding_side", None)
-        kwargs.setdefault("padding", True)
+        prepared = []
+        for index, item in enumerate(inputs):
+            item = item if isinstance(item, RimeInput) else parse_input(item, index)
+            prepared.append(self.prepare_item(item, mode, instruction, f"input {index}"))
+        return self.collate(prepared, max_length=max_length, return_tensors=return_tensors)
 
-        prompts, flat_images = [], []
-        for index, (item_text, item_images) in enumerate(zip(texts, per_item_images)):
-            prompt, loaded = self.prepare_item(RimeInput(item_text, item_images), mode, instruction, f"item {index}")
-            prompts.append(prompt)
-            flat_images.extend(loaded)
+    def prepare_item(self, item: RimeInput, mode: str, instruction: str | None, where: str = "item") -> PreparedItem:
+        """The templated prompt of one parsed item with its media (see [`~RimeProcessor.load_media`])."""
+        images, video = self.load_media(item, where)
+        text = item.text
+        if text and (item.images or item.video is not None):
+            text = text.strip()  # beside its own media, an item's text is stripped, as UME-R1's eval collator does
+        prompt = self.render_prompt(text, len(images), mode, instruction, has_video=video is not None)
+        return PreparedItem(prompt, images, video)
 
-        batch = super().__call__(images=flat_images or None, text=prompts, padding_side="left", **kwargs)
+    def load_media(self, item: RimeInput, where: str = "item") -> tuple[list, list | None]:
+        """The images and video frames of one parsed item, opened and converted to RGB: `(images, frames or None)`.
+
+        A video keeps at most `max_video_frames` frames (`sample_frames`). With `video_as_images` (or a Qwen3-VL
+        backbone) its frames come first among the images and no video is returned. An item with no image or video
+        gets the blank image under `text_only_image="blank"`. `where` names the item in errors.
+        """
+        if item.text is not None and not isinstance(item.text, str):
+            raise TypeError(f"{where}: text must be a string or None, got {type(item.text).__name__}.")
+        images = [load_image(image, where=f"{where} image {i}") for i, image in enumerate(item.images)]
+        video = None
+        if item.video is not None:
+            frames = sample_frames(list(item.video), self.max_video_frames)
+            video = [load_image(frame, where=f"{where} frame {i}") for i, frame in enumerate(frames)]
+            if self._frames_as_images():
+                images, video = [*video, *images], None
+        if not images and video is None:
+            if not item.text:
+                raise ValueError(f"{where}: empty input (no text, image or video).")
+            if self.text_only_image == "blank":
+                images = [blank_image()]
+        return images, video
+
+    def _frames_as_images(self) -> bool:
+        if self.video_as_images:
+            return True
+        if self.backbone_type is not None and self.backbone_type not in VIDEO_BACKBONES:
+            logger.warning_once(
+                f"RimeProcessor: {self.backbone_type} videos are fed as separate frame images; its own video prompt "
+                "(with timestamps) is not reproduced."
+            )
+            return True
+        return False
+
+    # ------------------------------------------------------------------ tensors
+
+    def collate(
+        self, items: list[PreparedItem], max_length: int | None = None, return_tensors: str | None = "pt"
+    ) -> BatchFeature:
+        """Tensors for prepared items: each `<|image_pad|>` / `<|video_pad|>` expanded to its patch count, tokens
+        left-padded, pixel values for every image and video.
+
+        `max_length` bounds each prompt in tokens: a longer one raises a `ValueError` naming the item (RIME never
+        truncates, since that would cut `<disc_emb>` or visual tokens).
+        """
+        images = [image for item in items for image in item.images]
+        videos = [item.video for item in items if item.video is not None]
+        merge = self.image_processor.merge_size
+        data = {}
+        image_tokens = video_tokens = []
+        if images:
+            data.update(self.image_processor(images=images, return_tensors="pt"))
+            image_tokens = [visual_token_count(tuple(grid), merge) for grid in data["image_grid_thw"].tolist()]
+        if videos:
+            data.update(self._video_features(videos))
+            video_tokens = [visual_token_count(tuple(grid), merge) for grid in data["video_grid_thw"].tolist()]
+        texts = expand_placeholders(
+            [item.prompt for item in items], {self.image_token: image_tokens, self.video_token: video_tokens}
+        )
+        encoded = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        data.update(encoded)
+        data["mm_token_type_ids"] = torch.tensor(self.create_mm_token_type_ids(encoded["input_ids"]))
         if max_length is not None:
-            lengths = [int(sum(row)) for row in batch["attention_mask"]]
+            lengths = encoded["attention_mask"].sum(dim=1).tolist()
             too_long = [(i, n) for i, n in enumerate(lengths) if n > max_length]
             if too_long:
                 details = ", ".join(f"item {i}: {n} tokens" for i, n in too_long)
@@ -328,34 +484,33 @@ class RimeProcessor(Qwen2VLProcessor):
                     f"since that would cut `{self.disc_emb_token}` or image tokens: shorten the text, lower the "
                     "image pixel budget or raise max_length."
                 )
-        return batch
+        return BatchFeature(data, tensor_type=return_tensors)
 
-    def prepare_item(
-        self, item: RimeInput, mode: str, instruction: str | None, where: str = "item"
-    ) -> tuple[str, list]:
-        """The templated prompt of one parsed item and its images (see [`~RimeProcessor.load_media`]).
+    def _video_features(self, videos: list[list]) -> dict:
+        """`pixel_values_videos`, `video_grid_thw` (and Qwen2.5-VL's `second_per_grid_ts`) of RGB frame lists."""
+        processor = self.image_processor
+        patches, grids = [], []
+        for frames in videos:
+            rows, grid = video_patches(
+                frames,
+                patch_size=processor.patch_size,
+                temporal_patch_size=processor.temporal_patch_size,
+                merge_size=processor.merge_size,
+                min_pixels=self.video_min_pixels,
+                max_pixels=self.video_max_pixels,
+                image_mean=processor.image_mean,
+                image_std=processor.image_std,
+            )
+            patches.append(torch.from_numpy(rows))
+            grids.append(grid)
+        features = {"pixel_values_videos": torch.cat(patches), "video_grid_thw": torch.tensor(grids)}
+        if self.backbone_type == "qwen2_5_vl":
+            step = processor.temporal_patch_size / self.video_fps
+            features["second_per_grid_ts"] = torch.tensor([step] * len(videos))
+        return features
 
-        Used for every batch the processor builds, and by the training collator.
-        """
-        loaded = self.load_media(item, where)
-        return self.render_prompt(item.text, len(loaded), mode, instruction), loaded
-
-    def load_media(self, item: RimeInput, where: str = "item") -> list:
-        """The images of one parsed item, opened and converted to RGB, after checking it is not empty.
-
-        A video's frames come first (at most `max_video_frames`, sampled uniformly), then the images. `where` names
-        the item in errors.
-        """
-        if item.text is not None and not isinstance(item.text, str):
-            raise TypeError(f"{where}: text must be a string or None, got {type(item.text).__name__}.")
-        media = sample_frames(list(item.video), self.max_video_frames) if item.video is not None else []
-        loaded = [load_image(image, where=where) for image in [*media, *item.images]]
-        if not item.text and not loaded:
-            raise ValueError(f"{where}: empty input (no text, image or video).")
-        return loaded
-
-    def _align_inputs(self, text, images, videos) -> tuple[list, list[list]]:
-        """Pair each text with its images and video frames (frames first, then images)."""
+    def _align_inputs(self, text, images, videos) -> tuple[list, list[list], list]:
+        """Per item: its text, its images (a list) and its video (frames, a frame folder or `None`)."""
         if isinstance(text, str):
             text = [text]
         n = len(text) if text is not None else len(images) if images is not None else len(videos or [])
@@ -369,40 +524,45 @@ class RimeProcessor(Qwen2VLProcessor):
                 f"RimeProcessor: `images[i]`/`videos[i]` belong to `text[i]`; got {len(texts)} texts, "
                 f"{len(images)} image entries and {len(videos)} video entries."
             )
-        per_item = []
-        for index, (item_images, frames) in enumerate(zip(images, videos)):
-            media = []
-            if frames is not None:
-                if not isinstance(frames, Sequence) or isinstance(frames, str) or len(frames) == 0:
-                    raise TypeError(f"Item {index}: a video must be a non-empty list of frames.")
-                media.extend(sample_frames(list(frames), self.max_video_frames))
-            if item_images is not None:
-                media.extend(item_images if isinstance(item_images, (list, tuple)) else [item_images])
-            per_item.append(media)
-        return texts, per_item
+        per_item_images = [
+            [] if entry is None else list(entry) if isinstance(entry, (list, tuple)) else [entry] for entry in images
+        ]
+        for index, frames in enumerate(videos):
+            if frames is not None and (isinstance(frames, str) or not isinstance(frames, Sequence) or not frames):
+                videos[index] = parse_input({"video": frames}, index).video
+        return texts, per_item_images, videos
 
 
-def check_choice(name: str, value, choices: Sequence[str]) -> None:
+def check_choice(name: str, value, choices: Sequence) -> None:
     """Raise a `ValueError` unless `value` is one of `choices`."""
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}.")
 
 
-def sample_frames(frames: list, max_frames: int) -> list:
-    """Keep at most `max_frames` frames, uniformly spaced, first and last included.
+def expand_placeholders(texts: list[str], counts: dict[str, list[int]]) -> list[str]:
+    """Repeat each media placeholder as many times as its media takes tokens, media in batch order.
+
+    `counts[token][k]` is the token count of the `k`-th occurrence of `token` over the whole batch; a text with more
+    or fewer placeholders than media is an error.
 
     ```python
-    >>> sample_frames(list(range(10)), 4)
-    [0, 3, 6, 9]
+    >>> expand_placeholders(["<i> a", "b <i> <v>"], {"<i>": [2, 3], "<v>": [1]})
+    ['<i><i> a', 'b <i><i><i> <v>']
 
     ```
     """
-    if len(frames) <= max_frames:
-        return frames
-    if max_frames == 1:
-        return [frames[len(frames) // 2]]
-    step = (len(frames) - 1) / (max_frames - 1)
-    return [frames[round(i * step)] for i in range(max_frames)]
+    for token, values in counts.items():
+        found = sum(text.count(token) for text in texts)
+        if found != len(values):
+            raise ValueError(f"The prompts hold {found} {token} placeholders for {len(values)} media items.")
+    expanded = []
+    remaining = {token: iter(values) for token, values in counts.items()}
+    for text in texts:
+        for token, values in remaining.items():
+            pieces = text.split(token)
+            text = pieces[0] + "".join(token * next(values) + piece for piece in pieces[1:])
+        expanded.append(text)
+    return expanded
 
 
-__all__ = ["RimeProcessor"]
+__all__ = ["PreparedItem", "RimeProcessor", "expand_placeholders"]

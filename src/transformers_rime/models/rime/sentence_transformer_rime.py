@@ -30,7 +30,16 @@ from .processing_rime import MODES, ROLES, check_choice
 
 
 # what the model's forward / generate_embeddings take from a processed batch
-MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+MODEL_INPUT_NAMES = (
+    "input_ids",
+    "attention_mask",
+    "mm_token_type_ids",
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+)
 
 
 def check_sentence_transformers_version(version: str | None = None) -> None:
