@@ -317,7 +317,7 @@ class RimeEncoder:
                     finished.extend(output.finished.tolist())
             embeddings[indices] = batch_embeddings.float()
         if mode == "gen":
-            warn_if_unfinished(finished, self._budget(max_new_tokens))
+            warn_if_unfinished(finished, self.rewrite_budget(max_new_tokens))
         result = embeddings[0] if single else embeddings
         return result.cpu().numpy() if convert_to == "numpy" else result
 
@@ -356,10 +356,11 @@ class RimeEncoder:
                     embedding=output.embeddings[row].float().cpu().numpy(),
                     disc_embedding=output.disc_embeddings[row].float().cpu().numpy(),
                 )
-        warn_if_unfinished([result.finished for result in results], self._budget(max_new_tokens))
+        warn_if_unfinished([result.finished for result in results], self.rewrite_budget(max_new_tokens))
         return results
 
-    def _budget(self, max_new_tokens: int | None) -> int:
+    def rewrite_budget(self, max_new_tokens: int | None = None) -> int:
+        """The rewrite budget gen mode runs with: `max_new_tokens`, else the model config's default."""
         return max_new_tokens if max_new_tokens is not None else self.model.config.max_new_tokens
 
     def _batches(self, items: list[RimeInput], batch_size: int, show_progress_bar: bool | None, desc: str):

@@ -135,11 +135,10 @@ def tiny_rime_processor(family: str = "qwen2_vl", tokenizer=None, **kwargs) -> R
     Video frames get the tiny image budget too (1 to 16 merged patches per frame) unless `kwargs` say otherwise.
     """
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
-    factor = (16 if family == "qwen3_vl" else 14) * 2
+    image_processor = tiny_image_processor(family)
+    factor = image_processor.patch_size * image_processor.merge_size
     kwargs = {"video_min_pixels": factor * factor, "video_max_pixels": 16 * factor * factor, **kwargs}
-    return RimeProcessor(
-        image_processor=tiny_image_processor(family), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, **kwargs
-    )
+    return RimeProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, **kwargs)
 
 
 # Qwen2.5-VL and Qwen3-VL vision towers share these sizes; `out_hidden_size` is the text hidden size.

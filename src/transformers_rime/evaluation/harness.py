@@ -59,7 +59,7 @@ def encoder_fingerprint(encoder) -> str:
 
 def effective_max_new_tokens(encoder, max_new_tokens: int | None) -> int:
     """The rewrite budget gen mode runs with: the argument, else the model config's default."""
-    return max_new_tokens if max_new_tokens is not None else encoder.model.config.max_new_tokens
+    return encoder.rewrite_budget(max_new_tokens)
 
 
 def evaluate(

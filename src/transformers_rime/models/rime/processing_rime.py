@@ -405,6 +405,7 @@ class RimeProcessor(Qwen2VLProcessor):
 
     def prepare_item(self, item: RimeInput, mode: str, instruction: str | None, where: str = "item") -> PreparedItem:
         """The templated prompt of one parsed item with its media (see [`~RimeProcessor.load_media`])."""
+        check_choice("mode", mode, MODES)  # before any media is decoded
         images, video = self.load_media(item, where)
         text = item.text
         if text and (item.images or item.video is not None):
