@@ -31,6 +31,7 @@ COLUMNS = (
     "query_instruction",
     "positive_instruction",
     "source",
+    "origin",
 )
 
 
@@ -123,6 +124,7 @@ def test_read_rime_sft_two_sources(tmp_path, media):
             "query_instruction": "",
             "positive_instruction": "",
             "source": "CIRR",
+            "origin": f"{sft / 'CIRR.json'}[0]",
         },
         {
             "query": {"text": "a dog", "images": [], "video": None},
@@ -132,6 +134,7 @@ def test_read_rime_sft_two_sources(tmp_path, media):
             "query_instruction": "",
             "positive_instruction": "",
             "source": "CIRR",
+            "origin": f"{sft / 'CIRR.json'}[1]",
         },
         {
             "query": {"text": "q", "images": [], "video": None},
@@ -141,6 +144,7 @@ def test_read_rime_sft_two_sources(tmp_path, media):
             "query_instruction": "",
             "positive_instruction": "",
             "source": "MSCOCO",
+            "origin": f"{sft / 'MSCOCO.jsonl'}:1",
         },
     ]
     # The rows are valid model inputs as datasets returns them (every struct key, None video, [] images).
@@ -250,6 +254,7 @@ def test_read_pairs_jsonl_with_negatives(tmp_path, media):
             "query_instruction": "Find the photo:",
             "positive_instruction": None,
             "source": "cars",
+            "origin": f"{path}:1",
             "negatives": [
                 {"text": None, "images": [dog], "video": None},
                 {"text": None, "images": [], "video": frames},
@@ -264,6 +269,7 @@ def test_read_pairs_jsonl_with_negatives(tmp_path, media):
             "query_instruction": None,
             "positive_instruction": None,
             "source": "pairs",
+            "origin": f"{path}:2",
             "negatives": [{"text": "a truck", "images": [], "video": None}],
             "negative_rewrites": ["t"],
         },
@@ -275,6 +281,7 @@ def test_read_pairs_jsonl_with_negatives(tmp_path, media):
             "query_instruction": None,
             "positive_instruction": None,
             "source": "pairs",
+            "origin": f"{path}:3",
             "negatives": [],
             "negative_rewrites": [],
         },

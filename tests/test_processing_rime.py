@@ -95,7 +95,7 @@ def test_video_as_images_feeds_frames_through_the_image_path(processor):
 def test_too_long_prompt_is_an_error_never_a_cut(processor, image):
     batch = processor(text=["short", "word " * 50], images=[image, None], mode="disc", return_tensors="pt")
     lengths = batch["attention_mask"].sum(1).tolist()
-    with pytest.raises(ValueError, match=rf"item 1: {lengths[1]} tokens"):
+    with pytest.raises(ValueError, match=rf"item 1: the prompt is {lengths[1]} tokens"):
         processor(
             text=["short", "word " * 50],
             images=[image, None],

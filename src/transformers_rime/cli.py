@@ -7,11 +7,14 @@ rime search --model DIR --queries queries.txt --corpus corpus.txt --query-mode g
 rime eval --model DIR --tasks my_task/ other_tasks/ --output-dir eval-out [--query-modes gen --corpus-modes disc]
 rime eval --model DIR --mmeb-v2 /data/MMEB-V2 --mmeb-tasks MSCOCO_t2i ViDoRe_docvqa --output-dir mmeb-out
 rime export --model leafyseay/RIME-2B --output-dir rime-2b [--preset rime|ume-r1] [--prompt-from RIME-Train/]
-            [--results results.json] [--push-to-hub user/rime-2b]
+            [--results results.json] [--push-to-hub user/rime-2b] [--overwrite]
 ```
 
 Inputs given on the command line or in files (one per line) are texts, or image paths when they end in an image
-extension.
+extension. Output paths are checked before the model loads (exit code 2 when one cannot be written), as are bad
+inputs (an unreadable image, a prompt over `--max-length`) reported without a traceback. Files are written whole
+(a temporary file, then renamed) and `rime export` builds its directory beside the target, moving it into place
+only when complete, so an interrupted command never leaves something that looks finished.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -40,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     encode.add_argument("--input-file", type=Path, help="one input per line")
     encode.add_argument("--mode", choices=("disc", "gen"), default="disc")
     encode.add_argument("--role", choices=("query", "document"), default="query")
-    encode.add_argument("--output", type=Path, required=True, help="where to write the (N, D) float32 array")
+    encode.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="where to write the (N, D) float32 .npy array: exactly this path (folder created if missing)",
+    )
 
     search = commands.add_parser("search", help="rank a corpus for each query; prints JSON lines")
     _add_model_arguments(search)
@@ -48,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--corpus", type=Path, required=True, help="one document per line")
     search.add_argument("--query-mode", choices=("disc", "gen"), default="disc")
     search.add_argument("--corpus-mode", choices=("disc", "gen"), default="disc")
-    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("--top-k", type=_at_least(1), default=10, help="hits per query (>= 1)")
 
     evaluation = commands.add_parser(
         "eval",
@@ -79,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         "export", help="write a directory for every loader (transformers, sentence-transformers) with a model card"
     )
     export.add_argument("--model", required=True, help="RIME directory, Hub id, or published RIME/UME-R1 checkpoint")
-    export.add_argument("--output-dir", type=Path, required=True)
+    export.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        help="written beside it first, then moved into place; an existing non-empty one needs --overwrite",
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty --output-dir (once the new export is complete)"
+    )
     export.add_argument("--results", type=Path, help="evaluation results JSON for the model card")
     export.add_argument("--base-model", help="the card's base_model (default: --model when it is a Hub id)")
     export.add_argument("--license", default="apache-2.0", help="the card's license (check your backbone's)")
@@ -110,11 +128,35 @@ def main(argv: list[str] | None = None) -> int:
     return run_search(args)
 
 
+def _at_least(minimum: int):
+    """An argparse type: a whole number >= `minimum`, else a clear error (exit code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # what argparse names in its own messages
+    return parse
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="RIME directory, Hub id, or published RIME/UME-R1 checkpoint")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--batch-size", type=_at_least(1), default=8, help="items per forward / generate call")
+    parser.add_argument(
+        "--max-new-tokens", type=_at_least(0), default=None, help="gen-mode rewrite budget (default: the model's)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=_at_least(1),
+        default=None,
+        help="refuse (exit code 2, naming the item) prompts longer than this many tokens; RIME never truncates",
+    )
     parser.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
@@ -136,18 +178,65 @@ def _read_lines(path: Path) -> list[str]:
     return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _output_folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), or `None` when they can."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} exists and is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create the folder {folder}: {error.strerror or error}"
+    try:  # a real write, not os.access: that says yes to root on a read-only file system
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"cannot write in {folder}: {error.strerror or error}"
+    return None
+
+
+def _output_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be written (its folder is created if missing), or `None` when it can."""
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    return _output_folder_problem(path.parent)
+
+
+def _refuse(command: str, message: str) -> int:
+    print(f"rime {command}: {message}", file=sys.stderr)
+    return 2
+
+
 def run_encode(args) -> int:
+    import io
+
     import numpy as np
 
-    inputs = list(args.inputs) + (_read_lines(args.input_file) if args.input_file else [])
+    from .files import write_bytes
+
+    problem = _output_file_problem(args.output)
+    if problem:
+        return _refuse("encode", f"--output {args.output}: {problem}")
+    try:
+        inputs = list(args.inputs) + (_read_lines(args.input_file) if args.input_file else [])
+    except OSError as error:
+        return _refuse("encode", f"--input-file {args.input_file}: {error.strerror or error}")
     if not inputs:
-        print("rime encode: no inputs (give them as arguments or with --input-file)", file=sys.stderr)
-        return 2
+        return _refuse("encode", "no inputs (give them as arguments or with --input-file)")
     encoder = _load_encoder(args, args.device)
-    embeddings = encoder.encode(
-        inputs, mode=args.mode, role=args.role, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
-    )
-    np.save(args.output, embeddings)
+    try:
+        embeddings = encoder.encode(
+            inputs,
+            mode=args.mode,
+            role=args.role,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_length=args.max_length,
+        )
+    except (ValueError, FileNotFoundError) as error:  # a bad input, named by the encoder
+        return _refuse("encode", str(error))
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings)
+    write_bytes(args.output, buffer.getvalue())  # exactly at --output (np.save would add .npy), written whole
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
     return 0
 
@@ -183,6 +272,10 @@ def run_eval(args) -> int:
     if not args.tasks and args.mmeb_v2 is None:
         print("rime eval: give task folders (--tasks) or an MMEB-V2 copy (--mmeb-v2)", file=sys.stderr)
         return 2
+    for option, folder in (("--output-dir", args.output_dir), ("--cache-dir", args.cache_dir)):
+        problem = _output_folder_problem(folder) if folder is not None else None
+        if problem:
+            return _refuse("eval", f"{option} {folder}: {problem}")
     try:
         tasks = [read_task(folder) for folder in _task_folders(args.tasks or [])]
         if args.mmeb_v2 is not None:
@@ -197,17 +290,21 @@ def run_eval(args) -> int:
         state = PartialState()
         device, main_process = device or str(state.device), state.is_main_process
     encoder = _load_encoder(args, device)
-    results = evaluate(
-        encoder,
-        tasks,
-        query_modes=tuple(args.query_modes),
-        corpus_modes=tuple(args.corpus_modes),
-        output_dir=args.output_dir,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        benchmark=args.benchmark,
-    )
+    try:
+        results = evaluate(
+            encoder,
+            tasks,
+            query_modes=tuple(args.query_modes),
+            corpus_modes=tuple(args.corpus_modes),
+            output_dir=args.output_dir,
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            benchmark=args.benchmark,
+            max_length=args.max_length,
+        )
+    except (ValueError, FileNotFoundError) as error:  # a bad item, named by the encoder (finished tasks are kept)
+        return _refuse("eval", str(error))
     if main_process:
         print((args.output_dir / "results.md").read_text(encoding="utf-8"))
         if args.mmeb_v2 is not None:
@@ -221,28 +318,36 @@ def run_eval(args) -> int:
 def _report_mmeb(results: dict, output_dir: Path) -> None:
     """MMEB-V2's own aggregate rows (per modality and meta-task, `overall` over its tasks) in `mmeb_v2.json`."""
     from .evaluation.mmeb import MMEB_V2_BY_NAME, MMEB_V2_MANIFEST_VERSION, mmeb_v2_scores
+    from .files import write_json
 
     rows = mmeb_v2_scores({name: results["scores"][name] for name in results["tasks"] if name in MMEB_V2_BY_NAME})
-    (output_dir / "mmeb_v2.json").write_text(
-        json.dumps({"manifest": MMEB_V2_MANIFEST_VERSION, "scores": rows}, indent=2), encoding="utf-8"
-    )
+    write_json(output_dir / "mmeb_v2.json", {"manifest": MMEB_V2_MANIFEST_VERSION, "scores": rows})
     print(f"MMEB-V2 aggregates ({MMEB_V2_MANIFEST_VERSION}), written to mmeb_v2.json:")
     for row, scores in rows.items():
         print(f"  {row:<24} " + "  ".join(f"{pair} {value:.3f}" for pair, value in scores.items()))
 
 
 def run_search(args) -> int:
+    try:
+        queries, corpus = _read_lines(args.queries), _read_lines(args.corpus)
+    except OSError as error:
+        return _refuse("search", f"{error.filename}: {error.strerror or error}")
+    if not corpus:
+        return _refuse("search", f"--corpus {args.corpus} holds no documents")
     encoder = _load_encoder(args, args.device)
-    queries, corpus = _read_lines(args.queries), _read_lines(args.corpus)
-    hits = encoder.search(
-        queries,
-        corpus,
-        top_k=args.top_k,
-        query_mode=args.query_mode,
-        corpus_mode=args.corpus_mode,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-    )
+    try:
+        hits = encoder.search(
+            queries,
+            corpus,
+            top_k=args.top_k,
+            query_mode=args.query_mode,
+            corpus_mode=args.corpus_mode,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_length=args.max_length,
+        )
+    except (ValueError, FileNotFoundError) as error:  # a bad input, named by the encoder
+        return _refuse("search", str(error))
     for query, row in zip(queries, hits):
         print(
             json.dumps(
@@ -261,6 +366,16 @@ def run_search(args) -> int:
 def run_export(args) -> int:
     from .encoder import RimeEncoder
 
+    output = args.output_dir
+    if output.exists() and not output.is_dir():
+        return _refuse("export", f"--output-dir {output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
+        return _refuse("export", f"--output-dir {output} is not empty (pass --overwrite to replace it)")
+    if not output.resolve().name:
+        return _refuse("export", f"--output-dir {output}: cannot export to a file system root")
+    problem = _output_folder_problem(output.resolve().parent)  # the export is built there, beside the target
+    if problem:
+        return _refuse("export", f"--output-dir {output}: {problem}")
     if args.results is not None and not args.results.is_file():
         print(f"rime export: results file not found: {args.results}", file=sys.stderr)
         return 2
@@ -284,14 +399,51 @@ def run_export(args) -> int:
     card = {"license": args.license, "base_model": args.base_model}
     if args.push_to_hub:
         card["model_id"] = args.push_to_hub
-    encoder.save_pretrained(args.output_dir, results=args.results, model_card_kwargs=card)
-    print(f"wrote {args.output_dir}: loads with RimeEncoder, AutoModel/AutoProcessor and SentenceTransformer")
+    # built beside the target, moved into place only once complete: never a half-written export that looks loadable
+    target = output.resolve()
+    staging = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()  # not mkdtemp: its 0700 would stay on the export
+    try:
+        encoder.save_pretrained(staging, results=args.results, model_card_kwargs=card)
+        replaced = _move_into_place(staging, target, args.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if replaced is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return _refuse("export", f"--output-dir {output} was filled by something else meanwhile; left it as it is")
+    print(
+        f"wrote {args.output_dir}{' (replacing the previous one)' if replaced else ''}: loads with RimeEncoder, "
+        "AutoModel/AutoProcessor and SentenceTransformer"
+    )
     if args.push_to_hub:
         encoder.push_to_hub(
             args.push_to_hub, private=args.private or None, results=args.results, model_card_kwargs=card
         )
         print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
     return 0
+
+
+def _move_into_place(staging: Path, target: Path, overwrite: bool) -> bool | None:
+    """Rename the complete `staging` folder to `target`: `False` when there was none (or an empty one), `True` when
+    a non-empty one was replaced (`overwrite`; the old one is renamed aside, then deleted), `None` when one turned
+    up meanwhile without `overwrite` (nothing moved)."""
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists():
+        os.rename(staging, target)
+        return False
+    if not overwrite or not target.is_dir():
+        return None
+    old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:12]}")
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)  # put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return True
 
 
 def run_demo(output_dir: Path | None = None, fast: bool = False) -> int:

@@ -12,12 +12,19 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .evaluation.index import build_index
+from .evaluation.index import INDEX_BACKENDS, build_index
 from .export import write_sentence_transformers_files
-from .inputs import RimeInput, parse_inputs
+from .inputs import RimeInput, parse_input
 from .model_card import create_model_card
-from .models.rime.modeling_rime import RimeForEmbedding
-from .models.rime.processing_rime import MODES, PROCESSOR_KWARGS, ROLES, RimeProcessor, check_choice
+from .models.rime.modeling_rime import RimeForEmbedding, check_decoding
+from .models.rime.processing_rime import (
+    MODES,
+    PROCESSOR_KWARGS,
+    ROLES,
+    PreparedItem,
+    RimeProcessor,
+    check_choice,
+)
 
 
 @dataclass
@@ -65,7 +72,7 @@ def warn_if_unfinished(finished, budget: int | None) -> float:
     """
     finished = [bool(f) for f in finished]
     share = (len(finished) - sum(finished)) / len(finished) if finished else 0.0
-    if share > UNFINISHED_WARNING_SHARE:
+    if share > UNFINISHED_WARNING_SHARE and budget != 0:  # a budget of 0 asks for no rewrite at all
         logger.warning(
             f"{len(finished) - sum(finished)} of {len(finished)} rewrites ({share:.1%}) hit the budget of "
             f"{budget} new tokens before <gen_emb>; their gen embeddings follow a cut rewrite. Raise max_new_tokens "
@@ -166,13 +173,23 @@ class RimeEncoder:
         model_kwargs = {k: v for k, v in kwargs.items() if k not in PROCESSOR_KWARGS}
         if dtype is not None:
             model_kwargs["dtype"] = dtype
-        processor_kwargs = {k: v for k, v in kwargs.items() if k not in MODEL_LOADING_KWARGS}
+        # A checkpoint's own code is never run (the model refuses it too), and only the model reads weights.
+        processor_kwargs = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in MODEL_LOADING_KWARGS and k not in ("trust_remote_code", "use_safetensors")
+        }
+        if isinstance(pretrained_model_name_or_path, str) and pretrained_model_name_or_path.startswith("~"):
+            pretrained_model_name_or_path = os.path.expanduser(pretrained_model_name_or_path)
+        # The model first, and without the processor's tokenizer: `RimeProcessor` adds missing RIME tokens to its
+        # tokenizer (as training from a stock backbone needs), which would let a stock backbone through with random
+        # RIME-token embeddings. The model reads the checkpoint's own tokenizer and refuses one without the tokens;
+        # its checks (directory, config, safetensors) also run before anything is built. `adopt_config` (in
+        # `__init__`) then checks that model and processor agree on the token ids.
+        model = RimeForEmbedding.from_pretrained(pretrained_model_name_or_path, preset=preset, **model_kwargs)
         processor = RimeProcessor.from_pretrained(pretrained_model_name_or_path, preset=preset, **processor_kwargs)
         if not isinstance(processor, RimeProcessor):  # pragma: no cover - from_pretrained returns cls
             raise TypeError(f"Expected a RimeProcessor, got {type(processor).__name__}.")
-        model = RimeForEmbedding.from_pretrained(
-            pretrained_model_name_or_path, tokenizer=processor.tokenizer, preset=preset, **model_kwargs
-        )
         if kwargs.get("device_map") is None:
             model = model.to(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(model.eval(), processor)
@@ -279,6 +296,9 @@ class RimeEncoder:
     ) -> np.ndarray | torch.Tensor:
         """Embed a list of items (or one item).
 
+        Every item is checked before any model work (see `prepare`): a bad one raises an error naming its index in
+        `inputs`, and nothing is embedded.
+
         Args:
             inputs: one item or a list of items: `str` (text, or an image path by extension), `PIL.Image`, a list
                 of frames (video), or a dict with `text` / `image` / `images` / `video`.
@@ -290,34 +310,20 @@ class RimeEncoder:
             show_progress_bar: `None` shows a bar on a terminal when there is more than one batch.
             convert_to: `"numpy"` (float32 array) or `"tensor"` (torch, on the model's device).
             max_new_tokens: rewrite budget in gen mode (default `config.max_new_tokens`).
-            max_length: refuse prompts longer than this many tokens (RIME never truncates).
+            max_length: refuse prompts longer than this many tokens (default: the backbone's context length; RIME
+                never truncates).
             generate_kwargs: passed to `generate` in gen mode (e.g. `do_sample=True`).
 
         Returns:
             Embeddings of shape `(len(inputs), dim)`, or `(dim,)` for a single item; L2-normalised.
         """
-        check_choice("mode", mode, MODES)
-        check_choice("role", role, ROLES)
         check_choice("convert_to", convert_to, ("numpy", "tensor"))
-        _check_one_generation_per_item(generate_kwargs)
-        single = not isinstance(inputs, (list, tuple))
-        items = parse_inputs([inputs] if single else list(inputs))
-        embeddings = torch.empty(len(items), self.embedding_dim, dtype=torch.float32, device=self.device)
-        finished = []
-        for indices, batch in self._batches(items, batch_size, show_progress_bar, f"Encoding ({mode}, {role})"):
-            features = self._features(batch, mode, role, instruction, max_length)
-            with torch.inference_mode():
-                if mode == "disc":
-                    batch_embeddings = self.model(**features).embeddings
-                else:
-                    output = self.model.generate_embeddings(
-                        **features, max_new_tokens=max_new_tokens, **generate_kwargs
-                    )
-                    batch_embeddings = output.embeddings
-                    finished.extend(output.finished.tolist())
-            embeddings[indices] = batch_embeddings.float()
-        if mode == "gen":
-            warn_if_unfinished(finished, self.rewrite_budget(max_new_tokens))
+        single, items = _as_items(inputs)
+        prepared = self.prepare(items, mode, role, instruction, max_length)
+        self._check_call(batch_size, mode, max_new_tokens, generate_kwargs)
+        embeddings, _ = self._embed(
+            prepared, mode, batch_size, show_progress_bar, role, max_new_tokens, generate_kwargs
+        )
         result = embeddings[0] if single else embeddings
         return result.cpu().numpy() if convert_to == "numpy" else result
 
@@ -331,43 +337,114 @@ class RimeEncoder:
         max_new_tokens: int | None = None,
         max_length: int | None = None,
         **generate_kwargs,
-    ) -> list[RimeGeneration]:
+    ) -> list[RimeGeneration] | RimeGeneration:
         """Write each item's rewrite and return it with both embeddings (gen mode, in full).
 
-        Takes the arguments of `encode`. Returns one [`RimeGeneration`] per item, in input order. When more than 5%
-        of the rewrites hit the budget (`finished=False`), a warning gives their share (as `encode` in gen mode does).
+        Takes the arguments of `encode`. Returns one [`RimeGeneration`] per item, in input order (one alone for a
+        single item). When more than 5% of the rewrites hit the budget (`finished=False`), a warning gives their
+        share (as `encode` in gen mode does).
         """
-        check_choice("role", role, ROLES)
-        _check_one_generation_per_item(generate_kwargs)
-        items = parse_inputs(list(inputs))
-        results: list[RimeGeneration | None] = [None] * len(items)
+        single, items = _as_items(inputs)
+        prepared = self.prepare(items, "gen", role, instruction, max_length)
+        self._check_call(batch_size, "gen", max_new_tokens, generate_kwargs)
+        _, outputs = self._embed(prepared, "gen", batch_size, show_progress_bar, role, max_new_tokens, generate_kwargs)
         tokenizer = self.processor.tokenizer
-        for indices, batch in self._batches(items, batch_size, show_progress_bar, f"Generating ({role})"):
-            features = self._features(batch, "gen", role, instruction, max_length)
-            with torch.inference_mode():
-                output = self.model.generate_embeddings(**features, max_new_tokens=max_new_tokens, **generate_kwargs)
-            for row, index in enumerate(indices):
-                n = int(output.num_new_tokens[row])
-                rewrite_length = n - int(output.finished[row])  # the tokens before <gen_emb>
-                results[index] = RimeGeneration(
+        results = []
+        for output, row in outputs:
+            n = int(output.num_new_tokens[row])
+            rewrite_length = n - int(output.finished[row])  # the tokens before <gen_emb>
+            results.append(
+                RimeGeneration(
                     text=tokenizer.decode(output.sequences[row, :rewrite_length], skip_special_tokens=True),
                     finished=bool(output.finished[row]),
                     num_new_tokens=n,
                     embedding=output.embeddings[row].float().cpu().numpy(),
                     disc_embedding=output.disc_embeddings[row].float().cpu().numpy(),
                 )
-        warn_if_unfinished([result.finished for result in results], self.rewrite_budget(max_new_tokens))
-        return results
+            )
+        return results[0] if single else results
 
     def rewrite_budget(self, max_new_tokens: int | None = None) -> int:
         """The rewrite budget gen mode runs with: `max_new_tokens`, else the model config's default."""
         return max_new_tokens if max_new_tokens is not None else self.model.config.max_new_tokens
 
-    def _batches(self, items: list[RimeInput], batch_size: int, show_progress_bar: bool | None, desc: str):
-        """Yield `(indices, items)` batches, longest first, so each batch holds items of similar length."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        order = sorted(range(len(items)), key=lambda i: -items[i].estimated_length())
+    @property
+    def max_length(self) -> int | None:
+        """The default prompt-length limit: the backbone's context length (`max_position_embeddings`)."""
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    def prepare(
+        self,
+        items: list,
+        mode: str = "disc",
+        role: str = "query",
+        instruction: str | None = None,
+        max_length: int | None = None,
+        name: str = "input",
+    ) -> list[PreparedItem]:
+        """Check every item completely, with no model work: parse it, decode its media, render its prompt and
+        bound its length (`max_length`, default `self.max_length`). The first bad item raises an error naming its
+        index in `items` (as `"{name} {index}"`). The decoded items are what batching uses, so nothing is decoded
+        twice.
+        """
+        check_choice("mode", mode, MODES)
+        check_choice("role", role, ROLES)
+        limit = max_length if max_length is not None else self.max_length
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"max_length must be a positive integer, got {limit!r}.")
+        instruction = self.processor.instruction_for(role, instruction)
+        prepared = []
+        for index, item in enumerate(items):
+            where = f"{name} {index}"
+            parsed = item if isinstance(item, RimeInput) else parse_input(item, index, name)
+            prepared.append(self.processor.prepare_item(parsed, mode, instruction, where, limit))
+        return prepared
+
+    def _check_call(self, batch_size: int, mode: str, max_new_tokens: int | None, generate_kwargs: dict) -> None:
+        """Refuse bad call arguments before any model work."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 0):
+            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
+        if mode == "gen":
+            _check_one_generation_per_item(generate_kwargs)
+            check_decoding(generate_kwargs)
+        elif generate_kwargs:
+            raise TypeError(f"Generation arguments {sorted(generate_kwargs)} only apply with mode='gen'.")
+
+    def _embed(self, prepared, mode, batch_size, show_progress_bar, role, max_new_tokens, generate_kwargs):
+        """Embeddings `(N, D)` float32 of prepared items, in their order, and in gen mode each item's
+        `(RimeGenerationOutput, row)`. Raises a `FloatingPointError` naming the items whose embedding is not finite."""
+        embeddings = torch.empty(len(prepared), self.embedding_dim, dtype=torch.float32, device=self.device)
+        outputs: list = [None] * len(prepared)
+        desc = f"Encoding ({mode}, {role})" if mode == "disc" else f"Generating ({role})"
+        for indices in self._batches(prepared, batch_size, show_progress_bar, desc):
+            # no dtype cast for pixel_values: the backbone casts them to its own dtype
+            features = self.processor.collate([prepared[i] for i in indices]).to(self.device)
+            with torch.inference_mode():
+                if mode == "disc":
+                    batch_embeddings = self.model(**features).embeddings
+                else:
+                    output = self.model.generate_embeddings(
+                        **features, max_new_tokens=max_new_tokens, **generate_kwargs
+                    )
+                    batch_embeddings = output.embeddings
+                    for row, index in enumerate(indices):
+                        outputs[index] = (output, row)
+            bad = (~torch.isfinite(batch_embeddings).all(dim=1)).nonzero().flatten().tolist()
+            if bad:
+                raise FloatingPointError(
+                    f"Non-finite embeddings for input(s) {sorted(indices[row] for row in bad)}: the model produced "
+                    "NaN or inf (check the weights and the dtype; fp16 overflows where bf16 does not)."
+                )
+            embeddings[indices] = batch_embeddings.float()
+        if mode == "gen":
+            warn_if_unfinished([out.finished[row] for out, row in outputs], self.rewrite_budget(max_new_tokens))
+        return embeddings, outputs
+
+    def _batches(self, prepared: list[PreparedItem], batch_size: int, show_progress_bar: bool | None, desc: str):
+        """Yield batches of indices, longest prompts first, so each batch holds items of similar length."""
+        order = sorted(range(len(prepared)), key=lambda i: -prepared[i].num_tokens)
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         # None: tqdm decides (shown on a terminal), and never for a single batch
         disable = (
@@ -375,12 +452,7 @@ class RimeEncoder:
             if len(batches) <= 1 and show_progress_bar is None
             else (None if show_progress_bar is None else not show_progress_bar)
         )
-        for indices in tqdm(batches, desc=desc, disable=disable):
-            yield indices, [items[i] for i in indices]
-
-    def _features(self, items: list[RimeInput], mode, role, instruction, max_length):
-        # no dtype cast for pixel_values: the backbone casts them to its own dtype
-        return self.processor.process_inputs(items, mode, role, instruction, max_length).to(self.device)
+        yield from tqdm(batches, desc=desc, disable=disable)
 
     def encode_queries(self, inputs, mode: str = "disc", **kwargs):
         """`encode(inputs, role="query", ...)`."""
@@ -414,7 +486,7 @@ class RimeEncoder:
         show_progress_bar: bool | None = None,
         index: str = "exact",
         **encode_kwargs,
-    ) -> list[list[SearchHit]]:
+    ) -> list[list[SearchHit]] | list[SearchHit]:
         """Rank `corpus` for each query. Any mode pair works (Cross-Mode Alignment puts both in one space).
 
         Args:
@@ -429,21 +501,53 @@ class RimeEncoder:
             encode_kwargs: passed to `encode` (`max_new_tokens`, ...).
 
         Returns:
-            For each query, `top_k` [`SearchHit`]s sorted by decreasing score.
+            For each query, `top_k` [`SearchHit`]s sorted by decreasing score (one list for a single query). Every
+            query and corpus item is checked before the first forward pass; errors name `query i` or
+            `corpus item i`.
         """
-        common = dict(batch_size=batch_size, show_progress_bar=show_progress_bar, **encode_kwargs)
+        check_choice("index", index, INDEX_BACKENDS)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
+        if corpus_embeddings is None and corpus is None:
+            raise ValueError("search needs `corpus` or `corpus_embeddings`.")
+        max_length, max_new_tokens = encode_kwargs.pop("max_length", None), encode_kwargs.pop("max_new_tokens", None)
+        single, query_items = _as_items(queries)
+        # every query and corpus item is checked before the first forward pass
+        prepared_queries = self.prepare(query_items, query_mode, "query", query_instruction, max_length, "query")
+        prepared_corpus = None
         if corpus_embeddings is None:
-            if corpus is None:
-                raise ValueError("search needs `corpus` or `corpus_embeddings`.")
-            corpus_embeddings = self.encode_documents(
-                list(corpus), mode=corpus_mode, instruction=corpus_instruction, **common
+            corpus_items = _as_items(corpus)[1]
+            prepared_corpus = self.prepare(
+                corpus_items, corpus_mode, "document", corpus_instruction, max_length, "corpus item"
             )
-        query_embeddings = self.encode_queries(list(queries), mode=query_mode, instruction=query_instruction, **common)
+        modes = {query_mode, corpus_mode} if prepared_corpus is not None else {query_mode}
+        self._check_call(batch_size, "gen" if "gen" in modes else "disc", max_new_tokens, encode_kwargs)
+        run = (batch_size, show_progress_bar)
+        if prepared_corpus is not None:
+            corpus_embeddings, _ = self._embed(
+                prepared_corpus,
+                corpus_mode,
+                *run,
+                "document",
+                max_new_tokens,
+                encode_kwargs if corpus_mode == "gen" else {},
+            )
+        query_embeddings, _ = self._embed(
+            prepared_queries, query_mode, *run, "query", max_new_tokens, encode_kwargs if query_mode == "gen" else {}
+        )
         scores, ids = build_index(corpus_embeddings, backend=index).search(query_embeddings, top_k)
-        return [
+        hits = [
             [SearchHit(int(i), float(v)) for v, i in zip(row_scores, row_ids)]
             for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
         ]
+        return hits[0] if single else hits
+
+
+def _as_items(inputs) -> tuple[bool, list]:
+    """`(single, items)`: one item (anything but a list or tuple, a string included) becomes a list of one."""
+    if isinstance(inputs, (list, tuple)):
+        return False, list(inputs)
+    return True, [inputs]
 
 
 __all__ = ["RimeEncoder", "RimeGeneration", "SearchHit"]

@@ -2,8 +2,11 @@
 
 Every reader returns the columns `query`, `positive` (items `{"text": str | None, "images": [abs paths],
 "video": [abs frame paths] | None}`), `query_rewrite`, `positive_rewrite` (`str | None`), `query_instruction`,
-`positive_instruction` (`str | None`) and `source` (`str`); `read_pairs` adds `negatives` and `negative_rewrites`
-when its input has negatives. Files are only checked for existence here, never decoded.
+`positive_instruction` (`str | None`), `source` (`str`) and `origin` (`str`: where the row came from,
+`"/abs/data.jsonl:7"` for line 7 of a JSON-lines file, `"/abs/data.json[3]"` for element 3 of a JSON list,
+`"dataset row 3"` for an in-memory row, so that a bad row names its file and line wherever it fails); `read_pairs`
+adds `negatives` and `negative_rewrites` when its input has negatives. Files are only checked for existence here,
+never decoded. Invalid JSON is an error naming the file and line; text that is not UTF-8, the file and byte offset.
 
 **RIME-Train / UME-R1 SFT** (`read_rime_sft`, `read_ume_r1_sft`): a JSON list (or JSON lines) of records
 
@@ -176,16 +179,65 @@ def _frames(value, media_root, where: str, check_files: bool) -> list[str]:
     return [_file(frame, media_root, where, "video frame", check_files) for frame in frames]
 
 
+def load_json_records(path, layout: str = "auto") -> list[tuple[str, object]]:
+    """The `(origin, record)` pairs of a JSON list or JSON-lines file; origins as `"/abs/data.jsonl:7"` (line 7) and
+    `"/abs/data.json[3]"` (list element 3).
+
+    Args:
+        path: the file (UTF-8; a leading byte-order mark is ignored).
+        layout: `"lines"` (one JSON value per non-blank line), `"list"` (one JSON list) or `"auto"` (a list when
+            the text starts with `[`, else lines).
+
+    Raises:
+        ValueError: naming the file and the line (1-based, blank lines counted, as an editor numbers them) of
+            invalid JSON, or the byte offset of text that is not UTF-8.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        content = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path} line {line}: not UTF-8 text (byte offset {error.start}: {error.reason}); re-save the file as "
+            "UTF-8."
+        ) from None
+    absolute = os.path.abspath(path)
+    if layout == "list" or (layout == "auto" and content.lstrip().startswith("[")):
+        try:
+            records = json.loads(content)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg}).") from None
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}.")
+        return [(f"{absolute}[{index}]", record) for index, record in enumerate(records)]
+    records = []
+    # Split on "\n" only: str.splitlines would also split inside a JSON string holding a raw U+2028 (valid JSON).
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"{absolute}:{number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            message = f"{path} line {number}: invalid JSON ({error.msg} at column {error.colno})."
+            if layout == "auto" and _parses(content):
+                message += " The file holds one JSON value: give a JSON list of records or one record per line."
+            raise ValueError(message) from None
+    return records
+
+
+def _parses(content: str) -> bool:
+    try:
+        json.loads(content)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def _load_records(path: str) -> list:
     """A JSON list, or JSON lines (one object per non-empty line), whatever the file extension."""
-    with open(path, encoding="utf-8") as f:
-        content = f.read()
-    is_list = content.lstrip().startswith("[")
-    try:
-        records = [json.loads(chunk) for chunk in ([content] if is_list else content.splitlines()) if chunk.strip()]
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: neither a JSON list nor JSON lines: {error}") from error
-    return records[0] if is_list else records
+    return [record for _, record in load_json_records(path)]
 
 
 def _data_files(paths) -> list[str]:
@@ -241,7 +293,7 @@ def read_rime_sft(
     rows, counts = [], {}
     for file in _data_files(paths):
         root = media_root if media_root is not None else os.path.dirname(os.path.abspath(file))
-        for index, record in enumerate(_load_records(file)):
+        for index, (origin, record) in enumerate(load_json_records(file)):
             where = f"{file} record {index}"
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected an object with 'qry' and 'pos', got {type(record).__name__}.")
@@ -249,7 +301,7 @@ def read_rime_sft(
             if max_samples_per_source is not None and counts.get(source, 0) >= max_samples_per_source:
                 continue
             counts[source] = counts.get(source, 0) + 1
-            row = {"source": str(source)}
+            row = {"source": str(source), "origin": origin}
             for column, keys in (("query", ("qry", "query")), ("positive", ("pos", "positive"))):
                 key = next((k for k in keys if record.get(k) is not None), None)
                 if key is None:
@@ -288,11 +340,15 @@ def read_rime_rl(paths, media_root=None, check_files=True, placeholder_images=("
     rows = []
     for file in _data_files(paths):
         root = media_root if media_root is not None else os.path.dirname(os.path.abspath(file))
-        for index, record in enumerate(_load_records(file)):
+        for index, (origin, record) in enumerate(load_json_records(file)):
             where = f"{file} record {index}"
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected an object with qry_*/pos_* fields, got {type(record).__name__}.")
-            row = {"source": str(record.get("dataset") or Path(file).stem), "solution": record.get("solution")}
+            row = {
+                "source": str(record.get("dataset") or Path(file).stem),
+                "origin": origin,
+                "solution": record.get("solution"),
+            }
             for column, prefix in (("query", "qry"), ("positive", "pos")):
                 media = {
                     "text": clean_human_text(_text(record.get(f"{prefix}_text"), f"{where} ({prefix}_text)")),
@@ -316,7 +372,7 @@ def read_pairs(path_or_dataset, media_root=None, check_files=True, source=None):
         path_or_dataset: a `.jsonl`/`.json` file, a `datasets.Dataset` or a list of dicts. Columns `query` and
             `positive` are required; `negative` (one item) or `negatives` (a list), `query_rewrite`,
             `positive_rewrite`, `negative_rewrite`/`negative_rewrites`, `query_instruction`,
-            `positive_instruction` and `source` are optional.
+            `positive_instruction`, `source` and (in-memory rows, e.g. a reader's output) `origin` are optional.
         media_root: directory that relative paths are resolved against (default: the file's folder, else the
             working directory).
         check_files: raise `FileNotFoundError` for a missing image or frame.
@@ -327,20 +383,32 @@ def read_pairs(path_or_dataset, media_root=None, check_files=True, source=None):
         negatives (rows without get `[]`). Missing instructions are `None` (the model's default instruction);
         other input columns are dropped.
     """
-    name = "data"
     if isinstance(path_or_dataset, (str, os.PathLike)):
         name = os.fspath(path_or_dataset)
-        records = _load_records(name)
         media_root = media_root if media_root is not None else os.path.dirname(os.path.abspath(name))
         source = source or Path(name).stem
+        numbered = [(origin, r, f"{name} row {i}") for i, (origin, r) in enumerate(load_json_records(name))]
     else:
-        records = path_or_dataset
-    rows = [_pair_row(record, f"{name} row {i}", media_root, check_files, source) for i, record in enumerate(records)]
+        # In-memory rows keep the origin a reader gave them (reading a reader's output changes nothing); their
+        # errors then name it.
+        numbered = []
+        for i, record in enumerate(path_or_dataset):
+            given = _given_origin(record)
+            numbered.append((given or f"dataset row {i}", record, given or f"data row {i}"))
+    rows = [
+        {**_pair_row(record, where, media_root, check_files, source), "origin": origin}
+        for origin, record, where in numbered
+    ]
     with_negatives = any("negatives" in row for row in rows)
     for row in rows if with_negatives else ():
         row.setdefault("negatives", [])
         row.setdefault("negative_rewrites", [])
     return _to_dataset(rows, with_negatives)
+
+
+def _given_origin(record) -> str | None:
+    origin = record.get("origin") if isinstance(record, dict) else None
+    return origin if isinstance(origin, str) and origin else None
 
 
 def _pair_row(record, where: str, media_root, check_files: bool, source: str | None) -> dict:
@@ -391,6 +459,7 @@ def _to_dataset(rows: list[dict], with_negatives: bool, extra_text_columns: tupl
     columns.update({f"{column}_rewrite": Value("string") for column in ("query", "positive")})
     columns.update({f"{column}_instruction": Value("string") for column in ("query", "positive")})
     columns["source"] = Value("string")
+    columns["origin"] = Value("string")
     if with_negatives:
         columns.update(negatives=[item], negative_rewrites=[Value("string")])
     columns.update({name: Value("string") for name in extra_text_columns})

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
@@ -27,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from ..files import write_atomically, write_bytes, write_json
 from ..fingerprints import model_fingerprint
 from ..model_card import results_table
 from .plot import plot_results
@@ -74,6 +77,7 @@ def evaluate(
     metrics: tuple[str, ...] = DEFAULT_METRICS,
     benchmark: str | None = None,
     show_progress_bar: bool | None = None,
+    max_length: int | None = None,
 ) -> dict:
     """Evaluate `encoder` (a [`RimeEncoder`]) on `tasks` in every query-mode x corpus-mode pair.
 
@@ -82,6 +86,9 @@ def evaluate(
     (see `encoder_fingerprint`), the rewrite budget in effect and the side's items, so embeddings made under other
     settings are never reused and an interrupted run restarts where it stopped. Each finished task is also written
     to `output_dir/tasks/{name}.json` and reused on the next run when both fingerprints and the budget match.
+    Each cached array is checked against the checksum and shape stored beside it: a damaged, unreadable or
+    unchecked cache file is reported (a warning naming it) and recomputed, never used. Every file is written to a
+    uniquely named temporary file in its folder, then renamed, so runs sharing a folder never break each other.
 
     Under `torchrun` or `accelerate launch` (an initialised process group), each process embeds a contiguous shard
     of every side and the shards are gathered, so every process gets the same results; the first one writes the
@@ -98,6 +105,8 @@ def evaluate(
         max_new_tokens: the rewrite budget in gen mode (default: the model config's; the one used is reported).
         metrics: metrics computed for every pair, besides each task's main metric.
         benchmark: a name for the results (shown in reports and model cards).
+        max_length: refuse prompts longer than this many tokens (a `ValueError` naming the item; RIME never
+            truncates). It only refuses, never changes an embedding, so cached embeddings are reused whatever it is.
 
     Returns:
         The results: `{"benchmark", "metric", "scores": {task or aggregate: {"gen->disc": main metric, ...}},
@@ -114,24 +123,27 @@ def evaluate(
     cache_dir = Path(cache_dir) if cache_dir is not None else output_dir / "cache" if output_dir else None
     fingerprint = encoder_fingerprint(encoder)
     budget = effective_max_new_tokens(encoder, max_new_tokens)
-    settings = dict(batch_size=batch_size, max_new_tokens=budget, show_progress_bar=show_progress_bar)
+    settings = dict(
+        batch_size=batch_size, max_new_tokens=budget, show_progress_bar=show_progress_bar, max_length=max_length
+    )
     per_task = {}
     for task in tqdm(tasks, desc="Tasks", disable=show_progress_bar is False or len(tasks) < 2):
         sides = {side: task.side_fingerprint(side) for side in ("queries", "corpus")}  # hashes every item once
         task_fingerprint = task.fingerprint(sides)
         done = output_dir / "tasks" / f"{task.name}.json" if output_dir else None
-        if done is not None and done.is_file():
-            previous = json.loads(done.read_text(encoding="utf-8"))
-            wanted = {f"{q}->{c}" for q in query_modes for c in corpus_modes}
-            if (
-                previous.get("model_fingerprint") == fingerprint
-                and previous.get("task_fingerprint") == task_fingerprint
-                and previous.get("max_new_tokens") == budget
-                and wanted <= set(previous["scores"])
-            ):
-                logger.info(f"{task.name}: reusing {done} (same model and task).")
-                per_task[task.name] = previous
-                continue
+        previous = _read_finished_task(done) if done is not None else None
+        wanted = {f"{q}->{c}" for q in query_modes for c in corpus_modes}
+        reuse = (
+            previous is not None
+            and previous.get("model_fingerprint") == fingerprint
+            and previous.get("task_fingerprint") == task_fingerprint
+            and previous.get("max_new_tokens") == budget
+            and wanted <= set(previous["scores"])
+        )
+        if _everywhere(reuse):  # every process decides alike, or the gathers of the others would wait forever
+            logger.info(f"{task.name}: reusing {done} (same model and task).")
+            per_task[task.name] = previous
+            continue
         embeddings, timings = {}, {}
         for side, modes in (("queries", query_modes), ("corpus", corpus_modes)):
             for mode in modes:
@@ -145,7 +157,7 @@ def evaluate(
             model_fingerprint=fingerprint, task_fingerprint=task_fingerprint, max_new_tokens=budget
         )
         if done is not None and _process()[0] == 0:
-            _write_json(done, per_task[task.name])
+            write_json(done, per_task[task.name])
     results = _aggregate(per_task, tasks, benchmark)
     results.update(_environment(encoder, fingerprint), max_new_tokens=budget)
     if output_dir is not None and _process()[0] == 0:
@@ -157,13 +169,20 @@ def evaluate(
 
 def _side_embeddings(encoder, task, side, mode, cache_path: Path | None, settings) -> tuple[np.ndarray, dict]:
     """One side's embeddings in one mode, `(N, D)` float32, and its timing; read from or written to `cache_path`
-    (`.npy` + `.json`, named by the model's and the side's fingerprints)."""
+    (`.npy` + `.json`, named by the model's and the side's fingerprints).
+
+    The `.json` holds the timing, the array's shape and the sha256 of the `.npy` file: a cached side is used only
+    when both files read, the checksum matches and the shape is the one expected; otherwise it is recomputed (with
+    a warning naming the file) and rewritten.
+    """
+    items = task.queries if side == "queries" else task.corpus
     embeddings_file, timing_file = (
         (cache_path.with_suffix(".npy"), cache_path.with_suffix(".json")) if cache_path else (None, None)
     )
-    if cache_path is not None and embeddings_file.is_file() and timing_file.is_file():
-        return np.load(embeddings_file), json.loads(timing_file.read_text())
-    items = task.queries if side == "queries" else task.corpus
+    if cache_path is not None:
+        cached = _read_cached_side(embeddings_file, timing_file, (len(items), encoder.embedding_dim))
+        if _everywhere(cached is not None):
+            return cached
     role, instruction = (
         ("query", task.query_instruction) if side == "queries" else ("document", task.corpus_instruction)
     )
@@ -186,14 +205,93 @@ def _side_embeddings(encoder, task, side, mode, cache_path: Path | None, setting
         # the share of rewrites cut by the budget (read at an appended <gen_emb>)
         "unfinished_share": (1.0 - float(np.mean(finished))) if mode == "gen" else None,
     }
-    if cache_path is not None and rank == 0:  # written whole, then renamed: an interruption never leaves half a file
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_path.with_suffix(".tmp.npy")
-        with open(partial, "wb") as f:
-            np.save(f, embeddings)
-        os.replace(partial, embeddings_file)
-        _write_json(timing_file, timing)
+    if cache_path is not None and rank == 0:
+        # each file is written whole under a unique name, then renamed: an interruption never leaves half a file
+        # and concurrent runs never write into each other's; the checksum (written last) ties the pair together
+        buffer = io.BytesIO()
+        np.save(buffer, embeddings)
+        data = buffer.getvalue()
+        write_bytes(embeddings_file, data)
+        write_json(
+            timing_file, {**timing, _CHECKSUM: hashlib.sha256(data).hexdigest(), _SHAPE: list(embeddings.shape)}
+        )
     return embeddings, timing
+
+
+_CHECKSUM, _SHAPE = "sha256", "shape"
+_TIMING_KEYS = ("items", "seconds", "generated_tokens_per_item", "unfinished_share")
+
+
+def _read_cached_side(
+    embeddings_file: Path, timing_file: Path, expected_shape: tuple[int, int]
+) -> tuple[np.ndarray, dict] | None:
+    """A cached side's `(embeddings, timing)` when both files read and agree with each other (checksum, shape)
+    and with `expected_shape`; else `None`, with a warning naming the file when one exists but cannot be trusted."""
+    has_embeddings, has_timing = embeddings_file.is_file(), timing_file.is_file()
+    if not (has_embeddings and has_timing):
+        if has_embeddings or has_timing:  # e.g. a run stopped between the two writes: nothing damaged, just missing
+            present, missing = (embeddings_file, timing_file) if has_embeddings else (timing_file, embeddings_file)
+            logger.info(f"Cache: {present} has no {missing.name} beside it; recomputing.")
+        return None
+
+    def distrust(reason: str) -> None:
+        logger.warning(f"Cache: {reason}; not using it: recomputing {embeddings_file} and {timing_file}.")
+
+    try:
+        record = json.loads(timing_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return distrust(f"{timing_file} is unreadable ({type(error).__name__}: {error})")
+    if not isinstance(record, dict):
+        return distrust(f"{timing_file} is not a cache timing record")
+    if _CHECKSUM not in record or _SHAPE not in record:
+        return distrust(
+            f"{timing_file} has no checksum (written by an older version), so {embeddings_file} is unchecked"
+        )
+    if any(key not in record for key in _TIMING_KEYS) or not isinstance(record[_SHAPE], list):
+        return distrust(f"{timing_file} is not a cache timing record")
+    try:
+        data = embeddings_file.read_bytes()
+    except OSError as error:
+        return distrust(f"{embeddings_file} is unreadable ({type(error).__name__}: {error})")
+    if hashlib.sha256(data).hexdigest() != record[_CHECKSUM]:
+        return distrust(f"{embeddings_file} does not match the checksum in {timing_file} (damaged or replaced)")
+    try:
+        embeddings = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        return distrust(f"{embeddings_file} is unreadable ({type(error).__name__}: {error})")
+    if list(embeddings.shape) != list(record[_SHAPE]) or embeddings.shape != tuple(expected_shape):
+        return distrust(
+            f"{embeddings_file} holds an array of shape {tuple(embeddings.shape)}, {timing_file} says "
+            f"{tuple(record[_SHAPE])} and {tuple(expected_shape)} is expected"
+        )
+    if embeddings.dtype != np.float32:
+        return distrust(f"{embeddings_file} holds {embeddings.dtype}, not float32")
+    return embeddings, {key: record[key] for key in _TIMING_KEYS}
+
+
+def _read_finished_task(path: Path) -> dict | None:
+    """A finished task's results (`output_dir/tasks/{name}.json`), or `None` when absent or unreadable (a warning
+    names an unreadable one: the task is then run again and the file rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        logger.warning(f"{path} is unreadable ({type(error).__name__}: {error}); running the task again.")
+        return None
+    if not isinstance(previous, dict) or not isinstance(previous.get("scores"), dict):
+        logger.warning(f"{path} holds no task results; running the task again.")
+        return None
+    return previous
+
+
+def _everywhere(flag: bool) -> bool:
+    """`flag` on every process (just `flag` outside `torchrun` / `accelerate launch`)."""
+    if _process()[1] == 1:
+        return flag
+    flags = [None] * _process()[1]
+    torch.distributed.all_gather_object(flags, bool(flag))
+    return all(flags)
 
 
 def _encode(encoder, items, mode, role, instruction, settings) -> tuple[np.ndarray, list[int], list[bool]]:
@@ -295,7 +393,7 @@ def write_reports(results: dict, output_dir: str | os.PathLike) -> tuple[Path, P
     """Write `results.json`, `results.md` (the mode-pair table, then throughput per task) and `results.png` (one
     mode matrix per row) to `output_dir`."""
     output_dir = Path(output_dir)
-    json_path = _write_json(output_dir / "results.json", results)
+    json_path = write_json(output_dir / "results.json", results)
     lines = [f"# {results.get('benchmark') or 'Evaluation'}", "", f"Metric: {results['metric']}.", ""]
     lines += [
         results_table(results),
@@ -311,17 +409,9 @@ def write_reports(results: dict, output_dir: str | os.PathLike) -> tuple[Path, P
                 f"| {name} | {key} | {'' if speed is None else f'{speed:.2f}'} | "
                 f"{'' if tokens is None else f'{tokens:.1f}'} | {'' if cut is None else f'{cut:.1%}'} |"
             )
-    markdown_path = output_dir / "results.md"
-    markdown_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return json_path, markdown_path, plot_results(results, output_dir / "results.png")
-
-
-def _write_json(path: Path, value: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    markdown_path = write_bytes(output_dir / "results.md", ("\n".join(lines) + "\n").encode("utf-8"))
+    plot_path = write_atomically(output_dir / "results.png", lambda temporary: plot_results(results, temporary))
+    return json_path, markdown_path, plot_path
 
 
 __all__ = ["evaluate", "effective_max_new_tokens", "encoder_fingerprint", "write_reports"]

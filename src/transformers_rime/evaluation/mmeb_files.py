@@ -18,11 +18,18 @@ def read_rows(path: Path, columns: list[str] | None = None, split: str | None = 
     snapshot of a Hub dataset), in path order.
 
     `split` keeps, when some files belong to it (`test-00000-of-00001.parquet`, `test.jsonl`, `test/...`), only
-    those; `columns` limits what is read from parquet files. A `.json` file holds a list of rows.
+    those; `columns` limits what is read from parquet files. A `.json` file holds a list of rows. Invalid JSON is a
+    `ValueError` naming the file and line, text that is not UTF-8 one naming the file and byte offset.
     """
+    from ..data.readers import load_json_records
+
     rows = []
     for file in data_files(path, split):
-        rows.extend(rows_of(file, columns))
+        if file.suffix in (".jsonl", ".json"):
+            layout = "lines" if file.suffix == ".jsonl" else "list"
+            rows.extend(row for _, row in load_json_records(file, layout))
+        else:
+            rows.extend(rows_of(file, columns))
     return rows
 
 

@@ -174,15 +174,31 @@ class RimeContrastiveCollator:
         return batch
 
     def row_items(self, row: dict, index: int) -> list[tuple[str, TrainingItem]]:
-        """The `(group, item)` pairs of one row, parsed (bad items fail here, naming the row and column)."""
-        where = f"batch row {index}" + (f" (source {row['source']!r})" if row.get("source") is not None else "")
+        """The `(group, item)` pairs of one row, parsed (bad items fail here, naming the row and column).
+
+        Errors name the row's `origin` (the readers' `"/abs/data.jsonl:7"`) when it has one, as
+        `"/abs/data.jsonl:7 (query)"`; else its batch position and source, as `"batch row 3 (source 'CIRR'), column
+        'query'"`.
+        """
+        origin = row.get("origin")
+        if isinstance(origin, str) and origin:
+            where = origin
+        else:
+            where = f"batch row {index}" + (f" (source {row['source']!r})" if row.get("source") is not None else "")
         for column in ("query", "positive"):
             if row.get(column) is None:
                 raise ValueError(f"{where}: missing `{column}`.")
 
         def make(column: str, value, rewrite, instruction, role: str) -> TrainingItem:
-            item_where = f"{where}, column {column!r}"
-            return TrainingItem(parse_input(_drop_empty(value), index), rewrite, instruction, role, item_where)
+            item_where = f"{where} ({column})" if where == origin else f"{where}, column {column!r}"
+            try:
+                item = parse_input(_drop_empty(value), index)
+            except (TypeError, ValueError, OSError) as error:
+                # parse_input names the item "input <index>"; name the row and column instead.
+                message, prefix = str(error), f"input {index}"
+                detail = message.removeprefix(prefix) if message.startswith(prefix) else f": {message}"
+                raise _renamed(error, f"{item_where}{detail}") from error
+            return TrainingItem(item, rewrite, instruction, role, item_where)
 
         items = [
             ("query", make("query", row["query"], row.get("query_rewrite"), row.get("query_instruction"), "query")),
@@ -237,6 +253,14 @@ class RimeContrastiveCollator:
                     "truncated: shorten the text or rewrite, lower the image pixel budget or raise max_length."
                 )
         return batch
+
+
+def _renamed(error: Exception, message: str) -> Exception:
+    """`error`'s type with `message` (a `ValueError` when that type needs other arguments)."""
+    try:
+        return type(error)(message)
+    except Exception:
+        return ValueError(message)
 
 
 def _drop_empty(value):

@@ -626,6 +626,8 @@ def _is_scalar(value) -> bool:
 
 
 def _parse_pair(row: dict, where: str) -> RolloutPair:
+    if isinstance(row.get("origin"), str) and row["origin"]:
+        where = f"{where} ({row['origin']})"  # the readers' "/abs/data.jsonl:7": errors name the file and line
     for column in ("query", "positive"):
         if row.get(column) is None:
             raise ValueError(f"{where}: missing `{column}`.")

@@ -25,6 +25,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 DICT_KEYS = ("text", "image", "images", "video")
 # Qwen's smart_resize refuses aspect ratios above 200; we refuse them earlier, naming the item.
 MAX_ASPECT_RATIO = 200
+# The most pixels an image or video frame may have (8192x8192): checked from the header, before anything is decoded,
+# so a huge image or a decompression bomb is refused instead of filling memory. Change it here for larger inputs.
+MAX_IMAGE_PIXELS = 8192 * 8192
 # UME-R1's image for text-only items: 28x28, white, RGB (its eval collator and `grpo_embed.py`; `blank.jpg` in SFT).
 BLANK_IMAGE_SIZE = (28, 28)
 
@@ -92,21 +95,47 @@ def is_image_path(value: str | os.PathLike) -> bool:
 def _check_image(value, where: str) -> tuple[int, int]:
     """Check an image or image path without decoding it fully; return its (width, height)."""
     if isinstance(value, Image.Image):
-        return value.size
+        return check_pixels(value.size, where)
     if isinstance(value, (str, os.PathLike)):
         return open_image_file(value, where, decode=False)
     raise TypeError(f"{where}: expected a PIL image or an image path, got {type(value).__name__}.")
 
 
-def parse_input(item, index: int) -> RimeInput:
-    """Normalise one user item (see the module docstring); raise a clear error naming `index`."""
-    where = f"input {index}"
+class ImageTooLargeError(ValueError):
+    """An image or frame over `MAX_IMAGE_PIXELS`."""
+
+
+def check_pixels(size: tuple[int, int], where: str) -> tuple[int, int]:
+    """Return `size` (width, height), or raise a `ValueError` naming `where` if it exceeds `MAX_IMAGE_PIXELS`."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(
+            f"{where}: a {width}x{height} image has {width * height} pixels, over the limit of {MAX_IMAGE_PIXELS} "
+            "(inputs_rime.MAX_IMAGE_PIXELS); downscale it first."
+        )
+    return size
+
+
+def check_text(text: str, where: str) -> str:
+    """Return `text`, or raise a `ValueError` naming `where` if it cannot be encoded (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where}: the text is not valid Unicode ({error.reason} at character {error.start})."
+        ) from None
+    return text
+
+
+def parse_input(item, index: int, name: str = "input") -> RimeInput:
+    """Normalise one user item (see the module docstring); raise a clear error naming it `"{name} {index}"`."""
+    where = f"{name} {index}"
     if isinstance(item, str):
         if is_image_path(item):
             return RimeInput(images=[item], sizes=[_check_image(item, where)])
         if not item.strip():
             raise ValueError(f"{where}: empty text.")
-        return RimeInput(text=item)
+        return RimeInput(text=check_text(item, where))
     if isinstance(item, Path) and item.is_dir():
         return _video_input(None, item, where)
     if isinstance(item, (Path, Image.Image)):
@@ -120,6 +149,8 @@ def parse_input(item, index: int) -> RimeInput:
         text = item.get("text")
         if text is not None and not isinstance(text, str):
             raise TypeError(f"{where}: 'text' must be a string, got {type(text).__name__}.")
+        if text is not None:
+            check_text(text, where)
         images = []
         if item.get("image") is not None:
             images.append(item["image"])
@@ -172,6 +203,8 @@ def load_image(image, where: str = "image") -> Image.Image:
         where = f"{where} ({path})"
     elif not isinstance(image, Image.Image):
         raise TypeError(f"{where}: expected a PIL image or an image path, got {type(image).__name__}.")
+    else:
+        check_pixels(image.size, where)
     image = ImageOps.exif_transpose(image) or image
     image = to_rgb(image)
     width, height = image.size
@@ -197,13 +230,15 @@ def open_image_file(path: str | os.PathLike, where: str = "image", decode: bool 
         raise FileNotFoundError(f"{where}: image file not found: {path}")
     try:
         with Image.open(path) as image:
+            size = check_pixels(image.size, f"{where} ({path})")  # from the header: nothing decoded yet
             if not decode:
-                size = image.size
                 image.verify()
                 return size
             image.load()
             return image.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except ImageTooLargeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{where}: cannot read image file {path}: {error}") from error
 
 
@@ -229,8 +264,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 __all__ = [
     "BLANK_IMAGE_SIZE",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "RimeInput",
     "blank_image",
+    "check_pixels",
+    "check_text",
     "frame_files",
     "is_image_path",
     "load_image",

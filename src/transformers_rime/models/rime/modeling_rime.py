@@ -2,19 +2,22 @@
 """RIME embedding model: discriminative and generative embeddings from one Qwen-VL backbone.
 
 This file ships to the Hub next to the weights (``trust_remote_code``): it imports only torch, ``transformers``
-and its sibling configuration file.
+(and ``safetensors``, a transformers dependency, to read weight headers) and its sibling configuration file.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoTokenizer,
     EpsilonLogitsWarper,
@@ -34,8 +37,11 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from .configuration_rime import (
+    DISC_EMB_TOKEN,
+    GEN_EMB_TOKEN,
     PRESETS,
     RIME_FIELDS,
+    SUPPORTED_BACKBONES,
     PreTrainedConfig,
     RimeConfig,
     preset_for,
@@ -389,8 +395,13 @@ GREEDY_DEFAULTS = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0
 OTHER_DECODING_LOOPS = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "custom_generate")
 
 
-def _check_decoding(kwargs: dict, sampling: bool, copies: int) -> None:
-    """Refuse, before any model work, the decoding modes the embedding reader cannot follow."""
+def check_decoding(generate_kwargs: dict) -> None:
+    """Refuse, before any model work, the decoding modes the embedding reader cannot follow (beam search, assisted
+    decoding, several greedy copies), with a `ValueError` saying why."""
+    kwargs = {**GREEDY_DEFAULTS, **generate_kwargs}
+    sampling = bool(kwargs["do_sample"])
+    copies = kwargs.get("num_return_sequences", 1)
+    copies = 1 if copies is None else copies
     if kwargs.get("num_beams", 1) != 1:
         raise ValueError(
             "generate_embeddings decodes one hypothesis per row (greedy or sampling); beam search is not supported: "
@@ -645,7 +656,7 @@ class RimeForEmbedding(RimePreTrainedModel):
         sampling = bool(kwargs["do_sample"])
         copies = kwargs.get("num_return_sequences", 1)
         copies = 1 if copies is None else copies
-        _check_decoding(kwargs, sampling, copies)
+        check_decoding(generate_kwargs)
         disc_positions = self._disc_positions(input_ids).repeat_interleave(copies)
         batch_size, prompt_length = input_ids.shape[0] * copies, input_ids.shape[1]
 
@@ -715,15 +726,13 @@ class RimeForEmbedding(RimePreTrainedModel):
         class (so legacy weight names map correctly), every weight must be present (a missing, unexpected or
         mismatched backbone weight is an error), and the RIME token ids are read from the checkpoint's tokenizer
         (or the `tokenizer` keyword argument).
+
+        Before any model is built the checkpoint is checked (see `check_checkpoint`): its `model_type` must be
+        `rime` or a supported backbone (a directory's own code is never run, whatever `trust_remote_code` says),
+        weights are read from safetensors only, and, for a local directory, the token-embedding shape stored in
+        the safetensors headers must match the `vocab_size` x `hidden_size` of `config.json`.
         """
-        config = kwargs.get("config")
-        if isinstance(config, PreTrainedConfig):
-            model_type = config.model_type
-        else:
-            config_dict, _ = PreTrainedConfig.get_config_dict(
-                config or pretrained_model_name_or_path, **select_hub_kwargs(kwargs)
-            )
-            model_type = config_dict.get("model_type")
+        pretrained_model_name_or_path, model_type = check_checkpoint(pretrained_model_name_or_path, kwargs)
         if model_type != cls.config_class.model_type:
             return cls.from_backbone_checkpoint(pretrained_model_name_or_path, preset=preset, **kwargs)
         if preset is not None:
@@ -747,25 +756,42 @@ class RimeForEmbedding(RimePreTrainedModel):
         configure RIME, over the published settings (`published_settings`: the blank image for text-only items and
         the `preset`'s prompt); every other one (`dtype`, `device_map`, `attn_implementation`,
         `quantization_config`, ...) goes to the backbone's `from_pretrained`, so the weights load as asked.
+
+        A tokenizer without the RIME tokens (a stock Qwen-VL backbone) is refused before the weights load. To
+        start training from such a backbone, pass `tokenizer=processor.tokenizer` of a `RimeProcessor` (which adds
+        the tokens).
         """
+        path, model_type = check_checkpoint(path, kwargs)
+        if model_type == cls.config_class.model_type:
+            raise ValueError(f"{path} is a RIME checkpoint, not a backbone one: load it with `from_pretrained`.")
         kwargs.pop("config", None)
         chosen = {k: kwargs.pop(k) for k in list(kwargs) if k in RIME_FIELDS and k != "vlm_config"}
         rime_kwargs = published_settings(path, preset, **chosen)
-        vlm, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, **kwargs)
-        _raise_on_random_weights(path, info)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path, **select_hub_kwargs(kwargs))
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **select_hub_kwargs(kwargs))
+        # Check the RIME tokens before the weights load: a stock backbone fails here, fast.
+        vocab = tokenizer.get_vocab()
+        token_ids = {}
+        for name, default in (("disc_emb", DISC_EMB_TOKEN), ("gen_emb", GEN_EMB_TOKEN)):
+            token = rime_kwargs.get(f"{name}_token", default)
+            if token not in vocab:
+                raise ValueError(
+                    f"The tokenizer of {path} has no {token}; this is not a RIME / UME-R1 checkpoint. To train from a "
+                    "stock Qwen-VL backbone, pass `tokenizer=processor.tokenizer` of a RimeProcessor (it adds the "
+                    "RIME tokens) to RimeForEmbedding.from_pretrained."
+                )
+            token_ids[f"{name}_token_id"] = vocab[token]
+        vlm, info = AutoModelForImageTextToText.from_pretrained(
+            path, output_loading_info=True, trust_remote_code=False, **kwargs
+        )
+        _raise_on_random_weights(path, info)
         # Building the outer config resets the attention backend of the (shared) backbone config; keep the one
         # the backbone was loaded with. Its dtype is the one the weights now have.
         config = RimeConfig(
             vlm_config=vlm.config, attn_implementation=vlm.config._attn_implementation, dtype=vlm.dtype, **rime_kwargs
         )
-        vocab = tokenizer.get_vocab()
-        for name in ("disc_emb", "gen_emb"):
-            token = getattr(config, f"{name}_token")
-            if token not in vocab:
-                raise ValueError(f"The tokenizer of {path} has no {token}; this is not a RIME / UME-R1 checkpoint.")
-            setattr(config, f"{name}_token_id", vocab[token])
+        for name, token_id in token_ids.items():
+            setattr(config, name, token_id)
         config.end_of_turn_token_ids = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
         rows = vlm.get_input_embeddings().num_embeddings
         if max(config.disc_emb_token_id, config.gen_emb_token_id) >= rows:
@@ -780,6 +806,188 @@ def _raise_on_random_weights(path, loading_info: dict) -> None:
     if problems:
         detail = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
         raise ValueError(f"Checkpoint {path} does not match the model ({detail}); refusing random weights.")
+
+
+# --------------------------------------------------------------------------- checks before loading
+
+# Weight files that `torch.load` would unpickle (which can run code): refused.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def check_checkpoint(path, kwargs: dict):
+    """Check a checkpoint before anything is built, and set the safe loading options in `kwargs` (in place).
+
+    - `trust_remote_code` is dropped and `use_safetensors=True` set (`use_safetensors=False` is an error);
+    - a local path (see `local_model_dir`) must be a directory (`FileNotFoundError` otherwise) and must hold
+      safetensors weights, not only pickled ones (`*.bin`, `*.pt`, ...);
+    - `config.json` must be valid JSON with `model_type` `rime` (with a `vlm_config`) or a supported backbone;
+    - for a local directory, the token-embedding shape in the safetensors headers must be the config's text
+      `vocab_size` x `hidden_size` (only the headers are read).
+
+    Returns the path (with `~` expanded) and the checkpoint's `model_type`. Every error is a `ValueError` naming
+    the file, except the missing directory.
+    """
+    kwargs.pop("trust_remote_code", None)  # never run a directory's own code: every supported type is built in
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError("RIME loads safetensors only; `use_safetensors=False` is not supported.")
+    kwargs["use_safetensors"] = True
+    subfolder = kwargs.get("subfolder") or ""
+    directory = local_model_dir(path, subfolder)
+    if directory is not None:
+        if os.fspath(path).startswith("~"):
+            path = os.path.expanduser(os.fspath(path))
+        refuse_pickled_weights(directory)
+    config = kwargs.get("config")
+    if isinstance(config, PreTrainedConfig):
+        config_file = "the `config` argument"
+        model_type = config.model_type
+        check_model_type(model_type, config.to_dict(), config_file)
+    else:
+        source = config if config is not None else path
+        config_dict, config_file = read_config_dict(source, subfolder, kwargs)
+        model_type = config_dict.get("model_type")
+        check_model_type(model_type, config_dict, config_file)
+        config = None
+        if directory is not None:
+            rest = {k: v for k, v in config_dict.items() if k != "model_type"}
+            if model_type == RimeConfig.model_type:
+                config = RimeConfig.from_dict(rest)
+            else:
+                config = AutoConfig.for_model(model_type, **rest)
+    if directory is not None:
+        check_embedding_shape(directory, config, config_file)
+    return path, model_type
+
+
+def local_model_dir(path, subfolder: str = "") -> str | None:
+    """The local model directory `path` (joined with `subfolder`) names, or `None` for a Hub repository id.
+
+    A path is local when it exists, is a `PathLike`, is absolute, starts with `.` or `~`, or holds more than one
+    separator (a Hub id holds one: `org/name`). A local path that is not a directory is a `FileNotFoundError`,
+    rather than a confusing Hub error.
+    """
+    name = os.fspath(path)
+    local = (
+        isinstance(path, os.PathLike)
+        or os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count(os.sep) > 1
+        or os.path.exists(name)
+    )
+    if not local:
+        return None
+    directory = os.path.join(os.path.expanduser(name), subfolder) if subfolder else os.path.expanduser(name)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    return directory
+
+
+def refuse_pickled_weights(directory: str) -> None:
+    """Raise a `ValueError` naming the files when `directory` holds pickled weights and no safetensors ones."""
+    names = sorted(os.listdir(directory))
+    if any(name.endswith(".safetensors") for name in names):
+        return
+    pickled = [os.path.join(directory, name) for name in names if name.endswith(PICKLED_WEIGHT_SUFFIXES)]
+    if pickled:
+        raise ValueError(
+            f"RIME loads safetensors only, and {directory} holds pickled weights ({', '.join(pickled)}), which can "
+            "run code when loaded. Convert them to safetensors (e.g. load them yourself in a trusted environment and "
+            "`save_pretrained(..., safe_serialization=True)`)."
+        )
+
+
+def read_config_dict(source, subfolder: str, kwargs: dict) -> tuple[dict, str]:
+    """`config.json` of `source` (a local directory or file, or a Hub id) as a dict, and the file's name.
+
+    A local file that is missing is a `FileNotFoundError` and one that is not a JSON object a `ValueError`, each
+    naming the file.
+    """
+    name = os.fspath(source)
+    if os.path.isfile(os.path.expanduser(name)):
+        config_file = os.path.expanduser(name)
+    else:
+        directory = local_model_dir(source, subfolder)
+        if directory is None:  # a Hub id: transformers fetches (and checks) the file
+            config_dict, _ = PreTrainedConfig.get_config_dict(source, **select_hub_kwargs(kwargs))
+            return config_dict, f"config.json of {source}"
+        config_file = os.path.join(directory, "config.json")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config_dict = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{config_file} not found: a model directory needs a config.json.") from None
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{config_file} is not valid JSON: {error}") from error
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{config_file} is not a JSON object.")
+    return config_dict, config_file
+
+
+def check_model_type(model_type, config_dict: dict, config_file: str) -> None:
+    """Raise a `ValueError` naming `config_file` unless its `model_type` is one RIME builds itself, consistently
+    with its content (a RIME config edited to a backbone `model_type` would build a default-size backbone)."""
+    supported = (RimeConfig.model_type, *SUPPORTED_BACKBONES)
+    if model_type not in supported:
+        raise ValueError(
+            f"{config_file}: model_type {model_type!r} is not supported; RIME loads {', '.join(supported)} "
+            "(it never runs a checkpoint's own code)."
+        )
+    has_vlm_config = isinstance(config_dict.get("vlm_config"), dict)
+    if model_type != RimeConfig.model_type and "vlm_config" in config_dict:
+        raise ValueError(
+            f"{config_file}: model_type {model_type!r} does not match its content, a RIME configuration (it has a "
+            f"`vlm_config`). Set its model_type back to {RimeConfig.model_type!r}."
+        )
+    if model_type == RimeConfig.model_type and not has_vlm_config:
+        raise ValueError(
+            f"{config_file}: a {RimeConfig.model_type!r} configuration needs its backbone's `vlm_config`."
+        )
+
+
+def check_embedding_shape(directory: str, config: PreTrainedConfig, config_file: str) -> None:
+    """Raise a `ValueError` naming both files and both shapes when a token-embedding tensor stored in the
+    safetensors files of `directory` is not `config`'s text `vocab_size` x `hidden_size`. Reads headers only."""
+    text_config = config.get_text_config()
+    expected = (text_config.vocab_size, text_config.hidden_size)
+    for weights_file, key, shape in embedding_shapes(directory):
+        if shape != expected:
+            raise ValueError(
+                f"{config_file} does not match the weights in {weights_file}: the config describes a token "
+                f"embedding of vocab_size x hidden_size = {expected}, the weights hold {key} of shape {shape}. "
+                "Was config.json edited or copied from another model?"
+            )
+
+
+def embedding_shapes(directory: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """`(file, key, shape)` of every tensor whose key ends in `embed_tokens.weight` in the safetensors files of
+    `directory` (found through `model.safetensors.index*.json` when sharded). Reads headers only."""
+    names = sorted(os.listdir(directory))
+    indexes = [n for n in names if n.startswith("model.safetensors.index") and n.endswith(".json")]
+    targets: dict[str, list[str] | None] = {}
+    for index in indexes:
+        index_file = os.path.join(directory, index)
+        try:
+            with open(index_file, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            found = [(key, file) for key, file in weight_map.items() if key.endswith("embed_tokens.weight")]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{index_file} is not a valid safetensors index: {error!r}") from error
+        for key, file in found:
+            targets.setdefault(file, []).append(key)
+    if not indexes:
+        targets = {name: None for name in names if name.endswith(".safetensors")}
+    shapes = []
+    for file, keys in targets.items():
+        weights_file = os.path.join(directory, file)
+        if not os.path.isfile(weights_file):
+            continue  # a missing shard: transformers names it when loading
+        try:
+            with safe_open(weights_file, "pt") as f:
+                for key in keys if keys is not None else [k for k in f.keys() if k.endswith("embed_tokens.weight")]:
+                    shapes.append((weights_file, key, tuple(f.get_slice(key).get_shape())))
+        except Exception as error:  # safetensors' own error type is not importable from a stable place
+            raise ValueError(f"Cannot read the safetensors header of {weights_file}: {error}") from error
+    return shapes
 
 
 __all__ = ["RimeForEmbedding", "RimePreTrainedModel", "RimeEmbeddingOutput", "RimeGenerationOutput"]

@@ -28,7 +28,7 @@ from .configuration_rime import (
     select_hub_kwargs,
 )
 from .inputs_rime import RimeInput, blank_image, load_image, parse_input, sample_frames
-from .video_rime import VIDEO_FPS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, video_patches, visual_token_count
+from .video_rime import VIDEO_FPS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, video_grid, video_patches, visual_token_count
 
 
 logger = logging.get_logger(__name__)
@@ -60,6 +60,9 @@ PROCESSOR_KWARGS = (
     "video_fps",
     "video_as_images",
 )
+# Chat-template tokens a user's text may not contain: they would break the prompt's structure (the media, embedding
+# and rewrite tokens are reserved too; see `RimeProcessor.reserved_tokens`).
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>")
 # Backbones whose video input this processor reproduces (Qwen3-VL's puts timestamps in the text: not reproduced).
 VIDEO_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -71,6 +74,8 @@ class PreparedItem:
     prompt: str
     images: list
     video: list | None = None
+    num_tokens: int = 0
+    """Length of the prompt in tokens, each image and video placeholder counted as the tokens it becomes."""
 
 
 class RimeProcessor(Qwen2VLProcessor):
@@ -172,6 +177,15 @@ class RimeProcessor(Qwen2VLProcessor):
         **kwargs,
     ):
         check_choice("text_only_image", text_only_image, TEXT_ONLY_IMAGES)
+        for name, value in (
+            ("max_video_frames", max_video_frames),
+            ("video_min_pixels", video_min_pixels),
+            ("video_max_pixels", video_max_pixels),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RimeProcessor: `{name}` must be a positive integer, got {value!r}.")
+        if video_min_pixels > video_max_pixels:
+            raise ValueError(f"RimeProcessor: video_min_pixels={video_min_pixels} exceeds video_max_pixels.")
         self.query_instruction = query_instruction
         self.document_instruction = document_instruction
         self.gen_instruction = gen_instruction
@@ -359,10 +373,11 @@ class RimeProcessor(Qwen2VLProcessor):
             RimeInput(item_text, item_images, frames)
             for item_text, item_images, frames in zip(*self._align_inputs(text, images, videos))
         ]
-        prepared = [self.prepare_item(item, mode, instruction, f"item {i}") for i, item in enumerate(items)]
-        return self.collate(
-            prepared, max_length=kwargs.get("max_length"), return_tensors=kwargs.get("return_tensors", "pt")
-        )
+        max_length = kwargs.get("max_length")
+        prepared = [
+            self.prepare_item(item, mode, instruction, f"item {i}", max_length) for i, item in enumerate(items)
+        ]
+        return self.collate(prepared, return_tensors=kwargs.get("return_tensors", "pt"))
 
     def process_inputs(
         self,
@@ -400,18 +415,62 @@ class RimeProcessor(Qwen2VLProcessor):
         prepared = []
         for index, item in enumerate(inputs):
             item = item if isinstance(item, RimeInput) else parse_input(item, index)
-            prepared.append(self.prepare_item(item, mode, instruction, f"input {index}"))
-        return self.collate(prepared, max_length=max_length, return_tensors=return_tensors)
+            prepared.append(self.prepare_item(item, mode, instruction, f"input {index}", max_length))
+        return self.collate(prepared, return_tensors=return_tensors)
 
-    def prepare_item(self, item: RimeInput, mode: str, instruction: str | None, where: str = "item") -> PreparedItem:
-        """The templated prompt of one parsed item with its media (see [`~RimeProcessor.load_media`])."""
+    def prepare_item(
+        self,
+        item: RimeInput,
+        mode: str,
+        instruction: str | None,
+        where: str = "item",
+        max_length: int | None = None,
+    ) -> PreparedItem:
+        """The templated prompt of one parsed item with its media, fully checked: its text and `instruction` hold no
+        reserved token, its media decode (see [`~RimeProcessor.load_media`]) and its prompt is at most `max_length`
+        tokens. `where` names the item in every error, which is raised before any batch is built.
+        """
         check_choice("mode", mode, MODES)  # before any media is decoded
+        for what, value in (("text", item.text), ("instruction", instruction)):
+            self.check_text(value, f"{where} {what}")
         images, video = self.load_media(item, where)
         text = item.text
         if text and (item.images or item.video is not None):
             text = text.strip()  # beside its own media, an item's text is stripped, as UME-R1's eval collator does
         prompt = self.render_prompt(text, len(images), mode, instruction, has_video=video is not None)
-        return PreparedItem(prompt, images, video)
+        num_tokens = self.count_tokens(prompt, images, video)
+        if max_length is not None and num_tokens > max_length:
+            raise ValueError(
+                f"{where}: the prompt is {num_tokens} tokens, longer than max_length={max_length}. RIME never "
+                f"truncates a prompt, since that would cut `{self.disc_emb_token}` or image tokens: shorten the text, "
+                "lower the pixel budget or raise max_length."
+            )
+        return PreparedItem(prompt, images, video, num_tokens)
+
+    @property
+    def reserved_tokens(self) -> tuple[str, ...]:
+        """Tokens a user's text or instruction may not contain: the chat template's, the media placeholders and the
+        RIME tokens. Typed by a user, each would be read as structure (an image slot, an embedding position)."""
+        return (*CHAT_TOKENS, self.image_token, self.video_token, self.disc_emb_token, self.gen_emb_token)
+
+    def check_text(self, text: str | None, where: str) -> None:
+        """Raise a `ValueError` naming `where` if `text` holds a reserved token (see `reserved_tokens`)."""
+        if not text:
+            return
+        found = [token for token in self.reserved_tokens if token in text]
+        if found:
+            raise ValueError(f"{where} contains {', '.join(found)}, which RIME's prompt reserves; remove it.")
+
+    def count_tokens(self, prompt: str, images: list, video: list | None) -> int:
+        """The length of a prompt in tokens once each placeholder becomes its image's or video's tokens."""
+        merge = self.image_processor.merge_size
+        length = len(self.tokenizer(prompt)["input_ids"])
+        for image in images:
+            width, height = image.size
+            length += self.image_processor.get_number_of_image_patches(height, width, {}) // merge**2 - 1
+        if video is not None:
+            length += visual_token_count(self._video_grid(video), merge) - 1
+        return length
 
     def load_media(self, item: RimeInput, where: str = "item") -> tuple[list, list | None]:
         """The images and video frames of one parsed item, opened and converted to RGB: `(images, frames or None)`.
@@ -449,15 +508,9 @@ class RimeProcessor(Qwen2VLProcessor):
 
     # ------------------------------------------------------------------ tensors
 
-    def collate(
-        self, items: list[PreparedItem], max_length: int | None = None, return_tensors: str | None = "pt"
-    ) -> BatchFeature:
+    def collate(self, items: list[PreparedItem], return_tensors: str | None = "pt") -> BatchFeature:
         """Tensors for prepared items: each `<|image_pad|>` / `<|video_pad|>` expanded to its patch count, tokens
-        left-padded, pixel values for every image and video.
-
-        `max_length` bounds each prompt in tokens: a longer one raises a `ValueError` naming the item (RIME never
-        truncates, since that would cut `<disc_emb>` or visual tokens).
-        """
+        left-padded, pixel values for every image and video. The items were checked by `prepare_item`."""
         images = [image for item in items for image in item.images]
         videos = [item.video for item in items if item.video is not None]
         merge = self.image_processor.merge_size
@@ -475,17 +528,22 @@ class RimeProcessor(Qwen2VLProcessor):
         encoded = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
         data.update(encoded)
         data["mm_token_type_ids"] = torch.tensor(self.create_mm_token_type_ids(encoded["input_ids"]))
-        if max_length is not None:
-            lengths = encoded["attention_mask"].sum(dim=1).tolist()
-            too_long = [(i, n) for i, n in enumerate(lengths) if n > max_length]
-            if too_long:
-                details = ", ".join(f"item {i}: {n} tokens" for i, n in too_long)
-                raise ValueError(
-                    f"Prompt longer than max_length={max_length} ({details}). RIME never truncates a prompt, "
-                    f"since that would cut `{self.disc_emb_token}` or image tokens: shorten the text, lower the "
-                    "image pixel budget or raise max_length."
-                )
         return BatchFeature(data, tensor_type=return_tensors)
+
+    def _video_settings(self) -> dict:
+        """The patch and pixel settings of this processor's videos (`video_rime.video_patches` keywords)."""
+        processor = self.image_processor
+        return {
+            "patch_size": processor.patch_size,
+            "temporal_patch_size": processor.temporal_patch_size,
+            "merge_size": processor.merge_size,
+            "min_pixels": self.video_min_pixels,
+            "max_pixels": self.video_max_pixels,
+        }
+
+    def _video_grid(self, frames: list) -> tuple[int, int, int]:
+        width, height = frames[0].size
+        return video_grid(len(frames), width, height, **self._video_settings())
 
     def _video_features(self, videos: list[list]) -> dict:
         """`pixel_values_videos`, `video_grid_thw` (and Qwen2.5-VL's `second_per_grid_ts`) of RGB frame lists."""
@@ -493,14 +551,7 @@ class RimeProcessor(Qwen2VLProcessor):
         patches, grids = [], []
         for frames in videos:
             rows, grid = video_patches(
-                frames,
-                patch_size=processor.patch_size,
-                temporal_patch_size=processor.temporal_patch_size,
-                merge_size=processor.merge_size,
-                min_pixels=self.video_min_pixels,
-                max_pixels=self.video_max_pixels,
-                image_mean=processor.image_mean,
-                image_std=processor.image_std,
+                frames, image_mean=processor.image_mean, image_std=processor.image_std, **self._video_settings()
             )
             patches.append(torch.from_numpy(rows))
             grids.append(grid)

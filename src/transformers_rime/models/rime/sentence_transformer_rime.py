@@ -75,7 +75,8 @@ class RimeSentenceTransformerModule(InputModule):
         processor (`RimeProcessor`): its processor.
         mode (`str`, *optional*, defaults to `"disc"`): default embedding mode, overridden per call by `mode=`.
         max_new_tokens (`int`, *optional*): default rewrite budget in gen mode (`None`: the model config's).
-        max_seq_length (`int`, *optional*): refuse prompts longer than this (RIME never truncates).
+        max_seq_length (`int`, *optional*): refuse prompts longer than this (default: the backbone's context length;
+            RIME never truncates).
 
     Export with `RimeEncoder.save_pretrained`, which writes `modules.json` naming this file. (A `SentenceTransformer`
     built in-process from the installed class saves a `modules.json` that names the installed package instead.)
@@ -149,7 +150,11 @@ class RimeSentenceTransformerModule(InputModule):
         role, mode = task or "query", mode or self.mode
         check_choice("task", role, ROLES)
         check_choice("mode", mode, MODES)
-        return dict(self.processor.process_inputs(list(inputs), mode, role, prompt, self.max_seq_length))
+        # bounded by default: the backbone's context, unless `max_seq_length` is set
+        limit = self.max_seq_length
+        if limit is None:
+            limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return dict(self.processor.process_inputs(list(inputs), mode, role, prompt, limit))
 
     def forward(self, features: dict, task: str | None = None, mode: str | None = None, max_new_tokens=None, **kwargs):
         """Embed a batch from `preprocess` (run with the same `mode`); adds `sentence_embedding`, `(batch, dim)`."""
@@ -166,7 +171,14 @@ class RimeSentenceTransformerModule(InputModule):
                     "Gen mode generates, which has no gradient: train gen mode with transformers_rime's contrastive "
                     "trainer (teacher-forced rewrites), or train this module in disc mode."
                 )
-            output = self.model.generate_embeddings(**inputs, max_new_tokens=max_new_tokens or self.max_new_tokens)
+            budget = max_new_tokens if max_new_tokens is not None else self.max_new_tokens  # 0 is a budget
+            output = self.model.generate_embeddings(**inputs, max_new_tokens=budget)
+        bad = (~torch.isfinite(output.embeddings).all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            raise FloatingPointError(
+                f"Non-finite embeddings for batch row(s) {bad}: the model produced NaN or inf (check the weights and "
+                "the dtype; fp16 overflows where bf16 does not)."
+            )
         features["sentence_embedding"] = output.embeddings
         return features
 

@@ -63,6 +63,39 @@ def video_frame_size(
     return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=budget)
 
 
+def video_grid(
+    num_frames: int,
+    width: int,
+    height: int,
+    *,
+    patch_size: int,
+    temporal_patch_size: int,
+    merge_size: int,
+    min_pixels: int,
+    max_pixels: int,
+) -> tuple[int, int, int]:
+    """The `video_grid_thw` `video_patches` gives a video of `num_frames` frames of `width` x `height`, without
+    touching a pixel (to count its tokens before batching).
+
+    ```python
+    >>> video_grid(3, 320, 240, patch_size=14, temporal_patch_size=2, merge_size=2,
+    ...            min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)
+    (2, 20, 28)
+
+    ```
+    """
+    resized_height, resized_width = video_frame_size(
+        width,
+        height,
+        num_frames,
+        factor=patch_size * merge_size,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        temporal_patch_size=temporal_patch_size,
+    )
+    return -(-num_frames // temporal_patch_size), resized_height // patch_size, resized_width // patch_size
+
+
 def patchify_video(
     frames: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -164,6 +197,7 @@ __all__ = [
     "VIDEO_MIN_PIXELS",
     "frame_pixel_budget",
     "patchify_video",
+    "video_grid",
     "video_frame_size",
     "video_patches",
     "visual_token_count",
