@@ -14,6 +14,15 @@ extras = {
     "flash": ["flash-attn>=2.6"],
     "quality": ["ruff>=0.6"],
     "testing": ["pytest>=8", "pytest-timeout>=2.3"],
+    # the versions the README's LangChain / LlamaIndex / chromadb recipes are tested with (tests/test_integrations.py);
+    # langchain-huggingface 1.2 caps huggingface-hub below 2
+    "integrations": [
+        "langchain-huggingface==1.2.3",
+        "langchain-core==1.8.3",
+        "llama-index-core==0.14.25",
+        "llama-index-embeddings-huggingface==0.8.0",
+        "chromadb==1.5.9",
+    ],
 }
 extras["dev"] = sorted(
     {

@@ -74,7 +74,10 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_path: list[str] | None = field(
-        default=None, metadata={"help": "Training files or folders; default: synthetic pairs made in memory."}
+        default=None,
+        metadata={
+            "help": "Training files or folders; required with --model_name_or_path (the demo makes its own pairs)."
+        },
     )
     data_format: str = field(default="rime_rl", metadata={"help": "rime_rl (RIME-Train RL json) or pairs (jsonl)."})
     media_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths start from."})
@@ -96,10 +99,15 @@ def load_data(args: DataArguments):
     raise ValueError(f"Unknown --data_format {args.data_format!r}; use rime_rl or pairs.")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, RimeRefineRLConfig))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     demo = model_args.model_name_or_path is None
+    # checked before any loading: the demo's synthetic pairs only suit its own tiny model
+    if not demo and not data_args.data_path:
+        parser.error("--data_path is required with --model_name_or_path (without both, the demo runs).")
+    if not demo and data_args.data_format not in ("rime_rl", "pairs"):
+        parser.error(f"--data_format {data_args.data_format!r}: use rime_rl or pairs.")
     if demo:
         from transformers_rime.testing import synthetic_refine_rl_pairs, tiny_stage1_model
 

@@ -97,6 +97,14 @@ def _bad_item(name, kind, item, error, reason, position=37, modes=("disc", "gen"
     )
 
 
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _nan_weights(encoder, files, mode):
     broken, _ = tiny_encoder(seed=1)
     with torch.no_grad():
@@ -250,6 +258,18 @@ CASES = [
         "silent",
         lambda e, f, m: e.search("a red car", ["a car", "a bus", "a bike"], top_k=2),
         check=lambda result, e: len(result) == 2 and all(isinstance(hit, SearchHit) for hit in result),
+    ),
+    Case(
+        "text that ends in an image extension is text",
+        "silent",
+        lambda e, f, m: e.encode(["The chart is saved as figure.png"]),
+        check=lambda result, e: np.allclose(result, e.encode([{"text": "The chart is saved as figure.png"}])),
+    ),
+    Case(
+        "numpy and bytes images equal the PIL image",
+        "silent",
+        lambda e, f, m: e.encode([np.asarray(random_image(40, 30)), _png_bytes(random_image(40, 30))]),
+        check=lambda result, e: np.allclose(result, e.encode([random_image(40, 30)] * 2), atol=1e-6),
     ),
     Case(
         "one string to encode is one item",

@@ -184,7 +184,11 @@ def test_train_contrastive_example_reads_jsonl_with_lora_and_cached_batches(tmp_
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    # the adapter is merged into a complete export, which loads as the script says
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    from transformers_rime import RimeEncoder
+
+    assert RimeEncoder.from_pretrained(str(out)).encode(["query 1"], mode="disc").shape == (1, 64)
 
 
 def test_accelerate_configs_load_with_accelerate():

@@ -72,3 +72,32 @@ def test_the_adapter_satisfies_mtebs_encoder_protocol(encoder):
     assert isinstance(adapter, EncoderProtocol)
     meta = adapter.mteb_model_meta
     assert meta.embed_dim == 64 and meta.n_parameters == sum(p.numel() for p in encoder.model.parameters())
+
+
+def test_text_rows_that_end_like_image_files_stay_text(encoder):
+    adapter = RimeMtebEncoder(encoder, query_mode="disc")
+    batch = {"text": ["figure.png", "The chart is saved as figure.png"]}
+    out = adapter.encode([batch], prompt_type="query")
+    expected = encoder.encode([{"text": "figure.png"}, "The chart is saved as figure.png"], show_progress_bar=False)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    titled = adapter.encode([{"title": ["Logo download"], "body": ["logo.jpg"]}], prompt_type="document")
+    np.testing.assert_allclose(
+        titled, encoder.encode([{"text": "Logo download logo.jpg"}], role="document"), atol=1e-5
+    )
+
+
+def test_mtebs_own_mock_tasks_run_end_to_end(encoder):
+    """mteb's evaluation loop, data loading and scoring, with the mock tasks it ships (text, text->image, image->text)."""
+    import mteb
+    from mteb.mocks.mock_tasks.retrieval import (
+        MockAny2AnyRetrievalI2TTask,
+        MockAny2AnyRetrievalT2ITask,
+        MockRetrievalTask,
+    )
+
+    adapter = RimeMtebEncoder(encoder, query_mode="gen", document_mode="disc", max_new_tokens=2)
+    tasks = [MockRetrievalTask(), MockAny2AnyRetrievalT2ITask(), MockAny2AnyRetrievalI2TTask()]
+    results = mteb.evaluate(adapter, tasks, cache=None, show_progress_bar=False)
+    scores = {result.task_name: result.get_score() for result in results.task_results}
+    assert set(scores) == {"MockRetrievalTask", "MockAny2AnyRetrievalT2I", "MockAny2AnyRetrievalI2T"}
+    assert all(0.0 <= score <= 1.0 for score in scores.values()), scores

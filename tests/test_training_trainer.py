@@ -158,8 +158,8 @@ def test_lora_trains_adapters_only_and_saves_them(tmp_path):
     for name, p in base.named_parameters():
         if "lora_" not in name and "base_layer" not in name:
             assert torch.equal(p, before[name]), name
-    trainer.save_model(str(tmp_path / "adapter"))
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    trainer.save_model(str(tmp_path / "adapter"))  # merged: a complete RIME export (tests/test_trainer_exports.py)
+    assert (tmp_path / "adapter" / "model.safetensors").is_file() and (tmp_path / "adapter" / "config.json").is_file()
 
 
 def test_resume_from_checkpoint_continues_exactly(tmp_path):

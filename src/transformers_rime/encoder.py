@@ -12,8 +12,9 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from .adapters import is_adapter_dir, is_peft_model, load_adapter_dir, merged_copy
 from .evaluation.index import INDEX_BACKENDS, build_index
-from .export import write_sentence_transformers_files
+from .export import write_pipeline_files, write_sentence_transformers_files
 from .inputs import RimeInput, parse_input
 from .model_card import create_model_card
 from .models.rime.modeling_rime import RimeForEmbedding, check_decoding
@@ -146,6 +147,10 @@ class RimeEncoder:
     ) -> RimeEncoder:
         """Load model and processor from a RIME directory, a Hub id, or a published RIME / UME-R1 checkpoint.
 
+        A local PEFT adapter directory (`adapter_config.json` and no model weights, as `peft_model.save_pretrained`
+        writes) loads as the base model its `base_model_name_or_path` names, with the adapter merged in (this needs
+        peft, the `train` extra); the processor is the adapter directory's own when it has one, else the base's.
+
         Args:
             pretrained_model_name_or_path: local directory or Hub repository id.
             device: where to run (default: CUDA if available, else CPU). Not with `device_map`, which places the
@@ -186,8 +191,11 @@ class RimeEncoder:
         # RIME-token embeddings. The model reads the checkpoint's own tokenizer and refuses one without the tokens;
         # its checks (directory, config, safetensors) also run before anything is built. `adopt_config` (in
         # `__init__`) then checks that model and processor agree on the token ids.
-        model = RimeForEmbedding.from_pretrained(pretrained_model_name_or_path, preset=preset, **model_kwargs)
-        processor = RimeProcessor.from_pretrained(pretrained_model_name_or_path, preset=preset, **processor_kwargs)
+        if is_adapter_dir(pretrained_model_name_or_path, kwargs.get("subfolder")):
+            model, processor = load_adapter_dir(pretrained_model_name_or_path, preset, model_kwargs, processor_kwargs)
+        else:
+            model = RimeForEmbedding.from_pretrained(pretrained_model_name_or_path, preset=preset, **model_kwargs)
+            processor = RimeProcessor.from_pretrained(pretrained_model_name_or_path, preset=preset, **processor_kwargs)
         if not isinstance(processor, RimeProcessor):  # pragma: no cover - from_pretrained returns cls
             raise TypeError(f"Expected a RimeProcessor, got {type(processor).__name__}.")
         if kwargs.get("device_map") is None:
@@ -207,7 +215,8 @@ class RimeEncoder:
         The directory holds the model (safetensors, `config.json` with `auto_map` and the RIME source files), the
         processor, the sentence-transformers files and a `README.md` model card. It loads with
         `RimeEncoder.from_pretrained`, `AutoModel` / `AutoProcessor.from_pretrained(..., trust_remote_code=True)` and
-        `SentenceTransformer(..., trust_remote_code=True)`, the last two without `transformers_rime` installed.
+        `SentenceTransformer(..., trust_remote_code=True)`, the last two without `transformers_rime` installed, as does
+        `pipeline("feature-extraction" | "image-feature-extraction", model=..., trust_remote_code=True)`.
 
         Args:
             save_directory: where to write (created if needed).
@@ -216,11 +225,14 @@ class RimeEncoder:
             model_card_kwargs: passed to [`create_model_card`] (`model_id`, `base_model`, `license`, `datasets`, ...).
             kwargs: passed to the model's `save_pretrained` (e.g. `max_shard_size`).
         """
-        self.model.save_pretrained(save_directory, **kwargs)
+        # A PEFT model (LoRA around the RimeForEmbedding) is saved merged, from a copy: self.model stays as it is.
+        model = merged_copy(self.model) if is_peft_model(self.model) else self.model
+        model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
-        write_sentence_transformers_files(save_directory, self.model.config)
+        write_sentence_transformers_files(save_directory, model.config)
+        write_pipeline_files(save_directory)
         if model_card:
-            card = create_model_card(self.model, self.processor, results=results, **(model_card_kwargs or {}))
+            card = create_model_card(model, self.processor, results=results, **(model_card_kwargs or {}))
             card.save(os.path.join(save_directory, "README.md"))
 
     def push_to_hub(

@@ -45,7 +45,7 @@ import json
 import os
 from pathlib import Path
 
-from ..inputs import frame_files, is_image_path
+from ..inputs import frame_files, is_image_path, names_image_file
 
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg", ".3gp")
@@ -108,7 +108,7 @@ def normalize_item(item, media_root=None, where: str = "item", *, check_files: b
 
     ```
     """
-    if isinstance(item, Path) or (isinstance(item, str) and is_image_path(item)):
+    if isinstance(item, Path) or (isinstance(item, str) and names_image_file(item)):
         item = {"image": item}
     elif isinstance(item, str):
         item = {"text": item}

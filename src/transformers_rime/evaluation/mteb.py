@@ -146,7 +146,7 @@ def _batch_items(batch: dict) -> list:
             item["video"] = [_pil(frame) for frame in video]
         if not item:
             raise ValueError(f"mteb batch row {row} has no text, image or video (keys: {sorted(batch)}).")
-        items.append(item["text"] if set(item) == {"text"} else item)
+        items.append(item)  # text as {"text": ...}: a title ending in ".jpg" is never read as a path
     return items
 
 

@@ -1,7 +1,8 @@
-"""Refine-RL checkpoints in RIME's own layout: written like `save_model()`, read back to resume training.
+"""Training checkpoints in RIME's own layout (both trainers): written like `save_model()`, read back to resume.
 
 TRL saves the policy it trains, a bare backbone, which reloads with default RIME settings (instructions, rewrite
-budget, token ids). A RIME checkpoint is the directory `RimeEncoder.save_pretrained` writes (`config.json` of
+budget, token ids); `transformers.Trainer` saves a LoRA model as a bare adapter and no sentence-transformers files.
+A RIME checkpoint is the directory `RimeEncoder.save_pretrained` writes (`config.json` of
 `model_type` `"rime"`, weights under `vlm.`, the processor, the sentence-transformers files), so the model it
 reloads embeds exactly as the trained one did. With LoRA the weights are the merged model; the unmerged adapter is
 kept in `adapter/` so that training resumes from it.
@@ -13,10 +14,15 @@ import json
 import os
 import tempfile
 
+from transformers.utils import logging
+
+from ..adapters import merged_copy
 from ..encoder import RimeEncoder
 from ..models.rime.configuration_rime import RIME_FIELDS, RimeConfig
 from ..models.rime.modeling_rime import RimeForEmbedding
 
+
+logger = logging.get_logger(__name__)
 
 ADAPTER_FOLDER = "adapter"
 
@@ -81,8 +87,75 @@ def load_training_checkpoint(
     adapter_model.load_adapter(adapter_folder, adapter_model.active_adapter, is_trainable=is_trainable)
 
 
+class RimeCheckpointMixin:
+    """Saving and resuming in RIME's layout, for a `transformers.Trainer` subclass (listed before it) that trains
+    `self.rime_model`, a `RimeForEmbedding`, in full or through a PEFT adapter (`self.model`: around the whole model,
+    or around its backbone alone).
+
+    `save_model()` writes what `RimeEncoder.save_pretrained` writes (a LoRA adapter merged in), so the result loads
+    everywhere like any other RIME model, with the trained model's settings. The checkpoints written during training
+    (`_internal_call`) have the same layout, plus, with LoRA, the unmerged adapter in `adapter/`, which
+    `train(resume_from_checkpoint=...)` continues from. Under DeepSpeed or FSDP, whose weights are sharded across
+    processes, the trainer's own save gathers them and the first process rewrites its output as a RIME checkpoint (a
+    LoRA adapter is then left as the trainer saved it, unmerged). Folders in another layout are left to the trainer.
+    """
+
+    rime_model: RimeForEmbedding
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not isinstance(self.rime_model, RimeForEmbedding):
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # collective (every process takes part in the gather); the push, if any, comes after the rewrite
+            super().save_model(output_dir, _internal_call=True)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save and self._adapter_model() is None:
+                if not rewrite_as_rime_checkpoint(output_dir, self.rime_model.config, self.processing_class):
+                    logger.warning(f"{output_dir} holds no gathered weights; it stays in the sharded layout.")
+        elif self.args.should_save:
+            adapter = self._adapter_model() if _internal_call else None
+            save_rime_checkpoint(self.merged_model(), self.processing_class, output_dir, adapter_model=adapter)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def merged_model(self) -> RimeForEmbedding:
+        """The trained `RimeForEmbedding`: the model itself, or a merged copy when a LoRA adapter is trained."""
+        adapter = self._adapter_model()
+        if adapter is None:
+            return self.rime_model
+        return merged_copy(adapter, self.rime_model.config).eval()
+
+    def _adapter_model(self):
+        """The PEFT model being trained, or `None` for a full fine-tune."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        return unwrapped if hasattr(unwrapped, "merge_and_unload") else None
+
+    def _reads_rime_checkpoint(self, folder) -> bool:
+        return (
+            isinstance(self.rime_model, RimeForEmbedding)
+            and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+            and folder is not None
+            and is_rime_checkpoint(folder)
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self._reads_rime_checkpoint(resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # the trainer's own layout
+        load_training_checkpoint(resume_from_checkpoint, self.rime_model, self._adapter_model(), is_trainable=True)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if not self._reads_rime_checkpoint(best):
+            return super()._load_best_model()
+        logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
+        load_training_checkpoint(best, self.rime_model, self._adapter_model(), is_trainable=False)
+
+
 __all__ = [
     "ADAPTER_FOLDER",
+    "RimeCheckpointMixin",
     "is_rime_checkpoint",
     "load_training_checkpoint",
     "rewrite_as_rime_checkpoint",

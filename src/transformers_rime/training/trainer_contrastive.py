@@ -15,6 +15,7 @@ from transformers.utils import logging
 from ..losses import ModeEmbeddings, is_distributed, rime_contrastive_loss
 from ..models.rime.modeling_rime import RimeForEmbedding
 from ..models.rime.processing_rime import RimeProcessor
+from .checkpoints import RimeCheckpointMixin
 from .collator import RimeContrastiveCollator
 from .configuration_contrastive import RimeContrastiveConfig
 from .grad_cache import RandomState, cached_gradient_surrogate, leaf
@@ -60,7 +61,7 @@ def freeze_vision_tower(model: RimeForEmbedding) -> int:
     return frozen
 
 
-class RimeContrastiveTrainer(Trainer):
+class RimeContrastiveTrainer(RimeCheckpointMixin, Trainer):
     r"""
     Trainer for RIME's first stage: teaches a Qwen-VL model to write rewrites and to embed in both modes, in one
     shared space.
@@ -90,6 +91,10 @@ class RimeContrastiveTrainer(Trainer):
             them were never trained.
         kwargs:
             Passed on to `transformers.Trainer` (`callbacks`, `optimizers`, ...).
+
+    `save_model()` and every checkpoint write what `RimeEncoder.save_pretrained` writes (a LoRA adapter merged in),
+    which loads with `RimeEncoder`, `AutoModel` and `SentenceTransformer`; a checkpoint also keeps the unmerged
+    adapter in `adapter/`, which `train(resume_from_checkpoint=...)` continues from (see [`RimeCheckpointMixin`]).
 
     Example:
 
@@ -136,6 +141,7 @@ class RimeContrastiveTrainer(Trainer):
             raise ValueError("Pass processing_class=RimeProcessor(...) (or give `model` as a checkpoint path).")
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         processing_class.adopt_config(base.config)
+        self.rime_model = base  # what checkpoints save (merged with the adapter, if any) and resuming loads into
         if peft_config is not None:
             from peft import get_peft_model
 
@@ -303,34 +309,6 @@ class RimeContrastiveTrainer(Trainer):
             logs[prefix + name] = sum(values) / len(values)
         self._metrics[mode].clear()
         super().log(logs, start_time)
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        model = model if model is not None else self.model
-        if self._loads_checkpoints_itself(model):
-            self._load_rime_weights(resume_from_checkpoint, model)
-        else:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self) -> None:
-        if self._loads_checkpoints_itself(self.model):
-            self._load_rime_weights(self.state.best_model_checkpoint, self.model)
-        else:
-            super()._load_best_model()
-
-    def _loads_checkpoints_itself(self, model) -> bool:
-        # A full RimeForEmbedding checkpoint stores the backbone in its published key layout, which the Trainer's plain
-        # `load_state_dict` cannot read back: it would keep the current weights and only warn. PEFT adapters,
-        # DeepSpeed and FSDP checkpoints are left to the Trainer.
-        return isinstance(model, RimeForEmbedding) and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
-
-    @staticmethod
-    def _load_rime_weights(checkpoint: str, model: RimeForEmbedding) -> None:
-        """Copy a checkpoint's weights into `model`, mapping keys as `from_pretrained` does; every key must match."""
-        dtype = next(model.parameters()).dtype
-        loaded = RimeForEmbedding.from_pretrained(checkpoint, dtype=dtype)
-        model.load_state_dict(loaded.state_dict(), strict=True)
 
     # ------------------------------------------------------------------ sampling
 

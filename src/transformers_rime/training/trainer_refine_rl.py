@@ -18,12 +18,7 @@ from ..models.rime.inputs_rime import RimeInput, parse_input
 from ..models.rime.modeling_rime import RimeForEmbedding
 from ..models.rime.processing_rime import RimeProcessor
 from ..rewards import REWARD_FUNCTIONS
-from .checkpoints import (
-    is_rime_checkpoint,
-    load_training_checkpoint,
-    rewrite_as_rime_checkpoint,
-    save_rime_checkpoint,
-)
+from .checkpoints import RimeCheckpointMixin
 from .collator import _drop_empty
 from .configuration_refine_rl import RimeRefineRLConfig
 from .rollouts import PairedRepeatSampler, candidate_positions, gen_embedding_ids, left_pad, patch_offsets
@@ -95,7 +90,7 @@ def _eval_mode(module: torch.nn.Module):
             m.training = training
 
 
-class RimeRefineRLTrainer(GRPOTrainer):
+class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
     r"""
     Refine-RL: GRPO on RIME's rewrite, rewarded by how well the rollout's generative embedding retrieves its target
     among candidates anchored by their discriminative embeddings.
@@ -565,60 +560,6 @@ class RimeRefineRLTrainer(GRPOTrainer):
             columns["partner_embeddings"].append(by_side[partner])
             columns["partner_is_positive"].append(pair_by_side[partner] == row["pair_index"])
         return columns
-
-    # ------------------------------------------------------------------ saving and resuming
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Write a full RIME model, as `RimeEncoder.save_pretrained` does (a LoRA adapter merged in), so that the
-        result loads everywhere like any other RIME model, with the trained model's settings.
-
-        The checkpoints written during training (`_internal_call`) have the same layout, plus, with LoRA, the
-        unmerged adapter in `adapter/`, which `train(resume_from_checkpoint=...)` continues from. Under DeepSpeed or
-        FSDP, whose weights are sharded across processes, TRL's save gathers them and the first process rewrites its
-        output as a RIME checkpoint (a LoRA adapter is then left as TRL saved it, unmerged).
-        """
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            # collective (every process takes part in the gather); the push, if any, comes after the rewrite
-            super().save_model(output_dir, _internal_call=True)
-            self.accelerator.wait_for_everyone()
-            if self.args.should_save and self._adapter_model() is None:
-                if not rewrite_as_rime_checkpoint(output_dir, self.rime_model.config, self.processing_class):
-                    logger.warning(f"{output_dir} holds no gathered weights; it stays in the sharded layout.")
-        elif self.args.should_save:
-            adapter = self._adapter_model() if _internal_call else None
-            save_rime_checkpoint(self.merged_model(), self.processing_class, output_dir, adapter_model=adapter)
-        self.accelerator.wait_for_everyone()
-        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-    def merged_model(self) -> RimeForEmbedding:
-        """The trained `RimeForEmbedding`: the model itself, or a merged copy when a LoRA adapter is trained."""
-        adapter = self._adapter_model()
-        if adapter is None:
-            return self.rime_model
-        merged = copy.deepcopy(adapter).merge_and_unload()
-        # TRL replaced the policy's `forward` with a fused-LM-head wrapper that calls the *original* model's forward;
-        # a copy keeping it would silently run the training model. Drop it: the class forward is the stock one.
-        merged.__dict__.pop("forward", None)
-        return RimeForEmbedding(self.rime_model.config, vlm=merged).eval()
-
-    def _adapter_model(self):
-        """The PEFT model being trained, or `None` for a full fine-tune."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        return unwrapped if hasattr(unwrapped, "merge_and_unload") else None
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not is_rime_checkpoint(resume_from_checkpoint):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # TRL's layout
-        load_training_checkpoint(resume_from_checkpoint, self.rime_model, self._adapter_model(), is_trainable=True)
-
-    def _load_best_model(self) -> None:
-        best = self.state.best_model_checkpoint
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not is_rime_checkpoint(best):
-            return super()._load_best_model()
-        logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
-        load_training_checkpoint(best, self.rime_model, self._adapter_model(), is_trainable=False)
 
 
 def _is_scalar(value) -> bool:

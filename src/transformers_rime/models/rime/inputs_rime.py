@@ -1,9 +1,11 @@
 # Copyright 2026 The transformers_rime authors. Licensed under the Apache License, Version 2.0.
 """What RIME accepts as an item to embed, and how images are opened and cleaned.
 
-Accepted items: a `str` (text, or an image path when it ends in an image extension), a `pathlib.Path` (an image, or
-a folder of frames: a video), a `PIL.Image.Image`, a list of frames (a video: PIL images or paths), or a dict with any
-of `text`, `image`, `images`, `video` (a frame list or a frame folder). Parsing fails on the first bad item with an error that names it, before any model work.
+Accepted items: a `str` (text; or an image path when it is a single token, without whitespace, ending in an image
+extension: see `names_image_file`), a `pathlib.Path` (an image, or a folder of frames: a video), an image (a
+`PIL.Image.Image`, an `(H, W[, C])` uint8 numpy array, encoded `bytes` or a `BytesIO`), a list of frames (a video: any
+of those images, or paths), or a dict with any of `text`, `image`, `images`, `video` (a frame list or a frame folder).
+Text given as `{"text": ...}` is always text. Parsing fails on the first bad item with an error that names it, before any model work.
 
 This file ships to the Hub next to the weights (``trust_remote_code``), so that the processor and the
 sentence-transformers module read inputs exactly as `RimeEncoder` does: it imports only PIL and numpy.
@@ -11,6 +13,7 @@ sentence-transformers module read inputs exactly as `RimeEncoder` does: it impor
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -71,13 +74,8 @@ class RimeInput:
     text: str | None = None
     images: list = field(default_factory=list)
     video: list | None = None
-    # (width, height) of every image and frame, read from headers; used to sort batches by length
+    # (width, height) of every image and frame, read from their headers when the item was parsed
     sizes: list[tuple[int, int]] = field(default_factory=list)
-
-    def estimated_length(self, pixels_per_token: int = 28 * 28, max_pixels: int = 2359296) -> int:
-        """A cheap token-count estimate, to batch items of similar length together."""
-        text_tokens = len(self.text or "") // 3
-        return text_tokens + sum(min(w * h, max_pixels) // pixels_per_token + 2 for w, h in self.sizes)
 
 
 def is_image_path(value: str | os.PathLike) -> bool:
@@ -90,6 +88,47 @@ def is_image_path(value: str | os.PathLike) -> bool:
     ```
     """
     return os.fspath(value).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def names_image_file(text: str) -> bool:
+    """Whether a string item is an image path rather than text: a single token (no whitespace) ending in an image
+    extension. "The chart is saved as figure.png" is text; "figure.png" and "/data/My_Photos/cat.JPG" are paths. A
+    path with spaces must be given as a `pathlib.Path` or `{"image": path}`.
+
+    ```python
+    >>> names_image_file("photos/cat.jpg"), names_image_file("The chart is saved as figure.png")
+    (True, False)
+
+    ```
+    """
+    return is_image_path(text) and not any(character.isspace() for character in text)
+
+
+# Images held in memory in other forms than PIL: decoded arrays and encoded bytes
+IN_MEMORY_IMAGES = (np.ndarray, bytes, bytearray, io.BytesIO)
+
+
+def as_pil_image(value, where: str) -> Image.Image:
+    """A PIL image for an `(H, W)` / `(H, W, 1|3|4)` uint8 array or encoded image bytes (`bytes`, `BytesIO`).
+
+    Bytes are opened lazily (the header only); the pixels are decoded, and checked, by `load_image`.
+    """
+    if isinstance(value, np.ndarray):
+        if (
+            value.dtype != np.uint8
+            or value.ndim not in (2, 3)
+            or (value.ndim == 3 and value.shape[2] not in (1, 3, 4))
+        ):
+            raise ValueError(
+                f"{where}: an image array must be uint8 of shape (H, W) or (H, W, C) with C in 1, 3, 4; got "
+                f"{value.dtype} {value.shape}."
+            )
+        return Image.fromarray(value[:, :, 0] if value.ndim == 3 and value.shape[2] == 1 else value)
+    data = value.getvalue() if isinstance(value, io.BytesIO) else bytes(value)
+    try:
+        return Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{where}: the bytes are not an image PIL can read: {error}") from None
 
 
 def _check_image(value, where: str) -> tuple[int, int]:
@@ -130,8 +169,12 @@ def check_text(text: str, where: str) -> str:
 def parse_input(item, index: int, name: str = "input") -> RimeInput:
     """Normalise one user item (see the module docstring); raise a clear error naming it `"{name} {index}"`."""
     where = f"{name} {index}"
+    if isinstance(item, IN_MEMORY_IMAGES) and not (isinstance(item, np.ndarray) and item.ndim == 4):
+        item = as_pil_image(item, where)
+    if isinstance(item, np.ndarray):  # (T, H, W, C): a video
+        return _video_input(None, list(item), where)
     if isinstance(item, str):
-        if is_image_path(item):
+        if names_image_file(item):
             return RimeInput(images=[item], sizes=[_check_image(item, where)])
         if not item.strip():
             raise ValueError(f"{where}: empty text.")
@@ -161,18 +204,24 @@ def parse_input(item, index: int, name: str = "input") -> RimeInput:
         parsed = _video_input(text, item["video"], where) if item.get("video") is not None else RimeInput(text)
         if text is not None and not text.strip() and not images and item.get("video") is None:
             raise ValueError(f"{where}: empty text.")
-        parsed.images = images
-        parsed.sizes += [_check_image(image, f"{where} image {i}") for i, image in enumerate(images)]
+        parsed.images = [_in_memory_to_pil(image, f"{where} image {i}") for i, image in enumerate(images)]
+        parsed.sizes += [_check_image(image, f"{where} image {i}") for i, image in enumerate(parsed.images)]
         if not parsed.text and not parsed.images and parsed.video is None:
             raise ValueError(f"{where}: empty input dict (no text, image or video).")
         return parsed
     raise TypeError(
-        f"{where}: unsupported input type {type(item).__name__}; expected str, image path, PIL image, "
-        "list of frames (video) or dict with text/image/images/video."
+        f"{where}: unsupported input type {type(item).__name__}; expected str, image path, image (PIL, uint8 "
+        "array, bytes), list of frames (video) or dict with text/image/images/video."
     )
 
 
+def _in_memory_to_pil(value, where: str):
+    return as_pil_image(value, where) if isinstance(value, IN_MEMORY_IMAGES) else value
+
+
 def _video_input(text: str | None, frames, where: str) -> RimeInput:
+    if isinstance(frames, np.ndarray) and frames.ndim == 4:  # (T, H, W, C)
+        frames = list(frames)
     if isinstance(frames, (str, os.PathLike)) and os.path.isdir(frames):
         folder = frames
         frames = frame_files(folder)
@@ -182,8 +231,9 @@ def _video_input(text: str | None, frames, where: str) -> RimeInput:
         raise ValueError(
             f"{where}: a video must be a non-empty list of frames (PIL images or paths) or a frame folder."
         )
+    frames = [_in_memory_to_pil(frame, f"{where} frame {i}") for i, frame in enumerate(frames)]
     sizes = [_check_image(frame, f"{where} frame {i}") for i, frame in enumerate(frames)]
-    return RimeInput(text=text, video=list(frames), sizes=sizes)
+    return RimeInput(text=text, video=frames, sizes=sizes)
 
 
 def parse_inputs(items) -> list[RimeInput]:
@@ -205,6 +255,10 @@ def load_image(image, where: str = "image") -> Image.Image:
         raise TypeError(f"{where}: expected a PIL image or an image path, got {type(image).__name__}.")
     else:
         check_pixels(image.size, where)
+        try:  # an image opened from bytes is decoded here, in full
+            image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise ValueError(f"{where}: cannot decode the image: {error}") from None
     image = ImageOps.exif_transpose(image) or image
     image = to_rgb(image)
     width, height = image.size
@@ -270,7 +324,9 @@ __all__ = [
     "check_pixels",
     "check_text",
     "frame_files",
+    "as_pil_image",
     "is_image_path",
+    "names_image_file",
     "load_image",
     "open_image_file",
     "parse_input",

@@ -793,6 +793,8 @@ class RimeForEmbedding(RimePreTrainedModel):
         for name, token_id in token_ids.items():
             setattr(config, name, token_id)
         config.end_of_turn_token_ids = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+        # as `from_pretrained` records it (not saved): a PEFT adapter trained on this model names it as its base
+        config.name_or_path = os.fspath(path)
         rows = vlm.get_input_embeddings().num_embeddings
         if max(config.disc_emb_token_id, config.gen_emb_token_id) >= rows:
             raise ValueError(f"RIME token ids exceed the embedding table of {path} ({rows} rows).")
@@ -819,7 +821,8 @@ def check_checkpoint(path, kwargs: dict):
 
     - `trust_remote_code` is dropped and `use_safetensors=True` set (`use_safetensors=False` is an error);
     - a local path (see `local_model_dir`) must be a directory (`FileNotFoundError` otherwise) and must hold
-      safetensors weights, not only pickled ones (`*.bin`, `*.pt`, ...);
+      safetensors weights, not only pickled ones (`*.bin`, `*.pt`, ...), and must be a model, not a PEFT adapter
+      alone (`RimeEncoder.from_pretrained` loads one, merged into its base);
     - `config.json` must be valid JSON with `model_type` `rime` (with a `vlm_config`) or a supported backbone;
     - for a local directory, the token-embedding shape in the safetensors headers must be the config's text
       `vocab_size` x `hidden_size` (only the headers are read).
@@ -836,6 +839,7 @@ def check_checkpoint(path, kwargs: dict):
     if directory is not None:
         if os.fspath(path).startswith("~"):
             path = os.path.expanduser(os.fspath(path))
+        refuse_adapter_dir(directory)
         refuse_pickled_weights(directory)
     config = kwargs.get("config")
     if isinstance(config, PreTrainedConfig):
@@ -880,6 +884,22 @@ def local_model_dir(path, subfolder: str = "") -> str | None:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"model directory not found: {directory}")
     return directory
+
+
+def refuse_adapter_dir(directory: str) -> None:
+    """Raise a `ValueError` pointing to `RimeEncoder.from_pretrained` when `directory` holds a PEFT adapter (an
+    `adapter_config.json`) and no model (no `config.json` or no `model*.safetensors` weights)."""
+    names = os.listdir(directory)
+    if "adapter_config.json" not in names:
+        return
+    if "config.json" in names and any(n.startswith("model") and n.endswith(".safetensors") for n in names):
+        return
+    raise ValueError(
+        f"{directory} holds a PEFT adapter (adapter_config.json), not a complete model. Load it with "
+        "`transformers_rime.RimeEncoder.from_pretrained`, which loads the base model the adapter names and merges "
+        "the adapter in (it needs peft: pip install 'transformers_rime[train]'); `rime export` turns it into a "
+        "complete model directory."
+    )
 
 
 def refuse_pickled_weights(directory: str) -> None:
