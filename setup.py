@@ -32,7 +32,7 @@ extras["dev"] = sorted(
         *extras["train"],
         *extras["rl"],
         *extras["eval"],
-        # the peer test (tests/test_ume_r1_peer.py) compares against mteb's own UME-R1 wrapper
+        # the peer test (tests/models/test_ume_r1_peer.py) compares against mteb's own UME-R1 wrapper
         "mteb==2.26.0",
     }
 )

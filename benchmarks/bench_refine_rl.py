@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers_rime.testing import synthetic_pairs, tiny_rime_processor
+    from transformers_rime.testing import color_object_pairs, tiny_rime_processor
     from transformers_rime.training import RimeRefineRLConfig, RimeRefineRLTrainer
 
     processor = tiny_rime_processor()
@@ -77,7 +77,7 @@ def main() -> None:
         disable_tqdm=True,
         beta=0.04,
     )
-    rows = synthetic_pairs(64, with_images=True)
+    rows = color_object_pairs(64, with_images=True)
     trainer = TimedTrainer(model, args=config, train_dataset=rows, processing_class=processor)
     trainer.train()
     steps = timings["step"][1:]

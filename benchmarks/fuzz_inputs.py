@@ -6,8 +6,9 @@ unclear error / silent / crash, in every mode a case applies to.
 
 The fuzz set covers bad items (images, video frames, text), a bad item at any position of a long list, bad call
 arguments and silent-result traps. Finished-work and loading faults (the evaluation cache, concurrent runs, export
-staging, CLI output paths, mismatched or pickled checkpoints) are tested in tests/test_reliability_io.py and
-tests/test_reliability_loading.py, whose pass counts are printed below the table (`--with-io-tests`).
+staging, CLI output paths, mismatched or pickled checkpoints, bad training rows) are tested in
+tests/test_reliability_io.py, tests/models/test_reliability_loading.py and tests/data/test_reliability_data.py, whose
+pass counts are printed below the table (`--with-io-tests`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def main() -> int:
     for line in wrong:
         print("NOT AS DUE:", line)
     if args.with_io_tests:
-        tests = ["tests/test_reliability_io.py", "tests/test_reliability_loading.py", "tests/test_reliability_data.py"]
+        tests = [
+            "tests/test_reliability_io.py",
+            "tests/models/test_reliability_loading.py",
+            "tests/data/test_reliability_data.py",
+        ]
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
             cwd=ROOT,

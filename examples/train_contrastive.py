@@ -89,17 +89,17 @@ def load_model(args: ModelArguments) -> tuple[RimeForEmbedding, RimeProcessor]:
 
 def load_data(args: DataArguments):
     if args.data_path is None:
-        from transformers_rime.testing import synthetic_pairs
+        from transformers_rime.testing import color_object_pairs
 
-        return synthetic_pairs(args.synthetic_pairs, with_images=args.synthetic_images)
-    from transformers_rime.data import read_pairs, read_rime_sft, read_ume_r1_sft
+        return color_object_pairs(args.synthetic_pairs, with_images=args.synthetic_images)
+    from transformers_rime.data import read_pairs, read_rime_sft
 
     if args.data_format == "pairs":
         import datasets
 
         parts = [read_pairs(path, media_root=args.media_root) for path in args.data_path]
         return datasets.concatenate_datasets(parts)
-    readers = {"rime_sft": read_rime_sft, "ume_r1_sft": read_ume_r1_sft}
+    readers = {"rime_sft": read_rime_sft, "ume_r1_sft": read_rime_sft}  # the same layout
     if args.data_format not in readers:
         raise ValueError(f"Unknown --data_format {args.data_format!r}; use pairs, rime_sft or ume_r1_sft.")
     return readers[args.data_format](

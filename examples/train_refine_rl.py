@@ -10,7 +10,7 @@ last steps is printed:
         --lr_scheduler_type constant --beta 0 --logging_steps 1 --bf16 False
 
 (64 rollouts = 8 prompts x 8 rollouts per step, each scored against the 8 targets and their 48 hard negatives.)
-These flags are the setting the test suite checks (tests/test_refine_rl_reward_rise.py); with the default
+These flags are the setting the test suite checks (tests/training/test_refine_rl_reward_rise.py); with the default
 `format` reward added, the tiny policy first learns to close its rewrites, whatever they say, and the retrieval
 reward stalls.
 
@@ -109,14 +109,15 @@ def main(argv: list[str] | None = None) -> None:
     if not demo and data_args.data_format not in ("rime_rl", "pairs"):
         parser.error(f"--data_format {data_args.data_format!r}: use rime_rl or pairs.")
     if demo:
-        from transformers_rime.testing import synthetic_refine_rl_pairs, tiny_stage1_model
+        from transformers_rime.quickstart import tiny_stage1_model
+        from transformers_rime.testing import color_object_refine_rl_pairs
 
         model, processor = tiny_stage1_model(
-            synthetic_refine_rl_pairs(32),
+            color_object_refine_rl_pairs(32),
             steps=model_args.tiny_stage1_steps,
             output_dir=f"{training_args.output_dir}/stage1",
         )
-        dataset = synthetic_refine_rl_pairs(data_args.synthetic_pairs, hard_negatives=data_args.hard_negatives)
+        dataset = color_object_refine_rl_pairs(data_args.synthetic_pairs, hard_negatives=data_args.hard_negatives)
     else:
         processor = RimeProcessor.from_pretrained(model_args.model_name_or_path)
         kwargs = {"dtype": getattr(torch, model_args.dtype) if model_args.dtype != "auto" else "auto"}

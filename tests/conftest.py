@@ -15,6 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
+# Saved model directories checked in as test data (their .py files are an old export's remote code, not tests).
+collect_ignore_glob = ["fixtures/*"]
+
 
 class ForceTokens:
     """A logits processor that forces `token_id` for row `row` at generation step `step`.

@@ -28,6 +28,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from .models.rime.configuration_rime import MODES, PRESETS, ROLES
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rime", description="RIME multimodal embeddings.")
@@ -43,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_arguments(encode)
     encode.add_argument("inputs", nargs="*", help="texts or image paths")
     encode.add_argument("--input-file", type=Path, help="one input per line")
-    encode.add_argument("--mode", choices=("disc", "gen"), default="disc")
-    encode.add_argument("--role", choices=("query", "document"), default="query")
+    encode.add_argument("--mode", choices=MODES, default="disc")
+    encode.add_argument("--role", choices=ROLES, default="query")
     encode.add_argument(
         "--output",
         type=Path,
@@ -56,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_arguments(search)
     search.add_argument("--queries", type=Path, required=True, help="one query per line")
     search.add_argument("--corpus", type=Path, required=True, help="one document per line")
-    search.add_argument("--query-mode", choices=("disc", "gen"), default="disc")
-    search.add_argument("--corpus-mode", choices=("disc", "gen"), default="disc")
+    search.add_argument("--query-mode", choices=MODES, default="disc")
+    search.add_argument("--corpus-mode", choices=MODES, default="disc")
     search.add_argument("--top-k", type=_at_least(1), default=10, help="hits per query (>= 1)")
 
     evaluation = commands.add_parser(
@@ -80,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         "--mmeb-tasks", nargs="+", metavar="NAME", help="MMEB-V2 tasks to run (default: every readable one)"
     )
     evaluation.add_argument("--output-dir", type=Path, required=True)
-    evaluation.add_argument("--query-modes", nargs="+", choices=("disc", "gen"), default=["disc", "gen"])
-    evaluation.add_argument("--corpus-modes", nargs="+", choices=("disc", "gen"), default=["disc", "gen"])
+    evaluation.add_argument("--query-modes", nargs="+", choices=MODES, default=list(MODES))
+    evaluation.add_argument("--corpus-modes", nargs="+", choices=MODES, default=list(MODES))
     evaluation.add_argument("--cache-dir", type=Path, help="embedding cache (default: OUTPUT_DIR/cache)")
     evaluation.add_argument("--benchmark", help="a name for the results")
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--private", action="store_true", help="create the Hub repository as private")
     export.add_argument(
         "--preset",
-        choices=("rime", "ume-r1"),
+        choices=tuple(PRESETS),
         help="how a published checkpoint is fed (prompt, tags, rewrite budget); default: 'ume-r1' when the model's "
         "name contains UME-R1, else 'rime'",
     )
@@ -201,6 +203,11 @@ def _output_file_problem(path: Path) -> str | None:
     return _output_folder_problem(path.parent)
 
 
+def _budget(args) -> dict:
+    """The batch size, rewrite budget and prompt-length bound the encoding commands share."""
+    return {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "max_length": args.max_length}
+
+
 def _refuse(command: str, message: str) -> int:
     print(f"rime {command}: {message}", file=sys.stderr)
     return 2
@@ -228,9 +235,7 @@ def run_encode(args) -> int:
             inputs,
             mode=args.mode,
             role=args.role,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            max_length=args.max_length,
+            **_budget(args),
         )
     except (ValueError, FileNotFoundError) as error:  # a bad input, named by the encoder
         return _refuse("encode", str(error))
@@ -298,10 +303,8 @@ def run_eval(args) -> int:
             corpus_modes=tuple(args.corpus_modes),
             output_dir=args.output_dir,
             cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
             benchmark=args.benchmark,
-            max_length=args.max_length,
+            **_budget(args),
         )
     except (ValueError, FileNotFoundError) as error:  # a bad item, named by the encoder (finished tasks are kept)
         return _refuse("eval", str(error))
@@ -342,9 +345,7 @@ def run_search(args) -> int:
             top_k=args.top_k,
             query_mode=args.query_mode,
             corpus_mode=args.corpus_mode,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            max_length=args.max_length,
+            **_budget(args),
         )
     except (ValueError, FileNotFoundError) as error:  # a bad input, named by the encoder
         return _refuse("search", str(error))

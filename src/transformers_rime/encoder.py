@@ -13,19 +13,14 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .adapters import is_adapter_dir, is_peft_model, load_adapter_dir, merged_copy
-from .evaluation.index import INDEX_BACKENDS, build_index
 from .export import write_pipeline_files, write_sentence_transformers_files
+from .index import INDEX_BACKENDS, build_index
 from .inputs import RimeInput, parse_input
 from .model_card import create_model_card
-from .models.rime.modeling_rime import RimeForEmbedding, check_decoding
-from .models.rime.processing_rime import (
-    MODES,
-    PROCESSOR_KWARGS,
-    ROLES,
-    PreparedItem,
-    RimeProcessor,
-    check_choice,
-)
+from .models.rime.configuration_rime import MODES, ROLES
+from .models.rime.generation_rime import check_decoding
+from .models.rime.modeling_rime import RimeForEmbedding
+from .models.rime.processing_rime import PROCESSOR_KWARGS, PreparedItem, RimeProcessor, check_choice
 
 
 @dataclass

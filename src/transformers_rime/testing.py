@@ -284,7 +284,7 @@ _SOLID_RGB = {
 }
 
 
-def synthetic_pairs(num_pairs: int = 32, with_images: bool = False, seed: int = 0) -> list[dict]:
+def color_object_pairs(num_pairs: int = 32, with_images: bool = False, seed: int = 0) -> list[dict]:
     """Query/positive rows with rewrites, in the format the contrastive trainer reads, for offline demos and tests.
 
     Each row pairs a `"<color> <object>"` query with a document that names the same pair with other words
@@ -294,7 +294,7 @@ def synthetic_pairs(num_pairs: int = 32, with_images: bool = False, seed: int = 
     (`"text"` / `"scenes"`), so dataset-homogeneous batching has something to group.
 
     ```python
-    >>> rows = synthetic_pairs(4)
+    >>> rows = color_object_pairs(4)
     >>> sorted(rows[0])
     ['positive', 'positive_rewrite', 'query', 'query_rewrite', 'source']
 
@@ -303,7 +303,7 @@ def synthetic_pairs(num_pairs: int = 32, with_images: bool = False, seed: int = 
     rng = np.random.default_rng(seed)
     combos = [(color, obj) for color in _COLOR_WORDS for obj in _OBJECT_WORDS]
     if num_pairs > len(combos):
-        raise ValueError(f"synthetic_pairs makes at most {len(combos)} distinct pairs, asked for {num_pairs}.")
+        raise ValueError(f"color_object_pairs makes at most {len(combos)} distinct pairs, asked for {num_pairs}.")
     rows = []
     for index in rng.permutation(len(combos))[:num_pairs]:
         color, obj = combos[index]
@@ -324,26 +324,26 @@ def synthetic_pairs(num_pairs: int = 32, with_images: bool = False, seed: int = 
     return rows
 
 
-def synthetic_refine_rl_pairs(num_pairs: int = 32, hard_negatives: int = 0, seed: int = 0) -> list[dict]:
-    """`synthetic_pairs` for Refine-RL demos: query rewrites in the documents' words, optional hard negatives.
+def color_object_refine_rl_pairs(num_pairs: int = 32, hard_negatives: int = 0, seed: int = 0) -> list[dict]:
+    """`color_object_pairs` for Refine-RL demos: query rewrites in the documents' words, optional hard negatives.
 
     The query's rewrite names the pair in the document's vocabulary (`"red car"` -> `"crimson automobile"`), so a
     model trained on it reads its gen embedding from what it wrote, and a wrong rewrite retrieves the wrong
     document: the rewrite's content decides the reward, which is what Refine-RL improves. With `hard_negatives=k`,
     each row also lists the documents of `k` pairs with the same color and another object and `k` with the same
     object and another color, so that a rewrite must get both words right. The first rows are those of
-    `synthetic_pairs(num_pairs)`, and any `num_pairs` gives a prefix of the same sequence.
+    `color_object_pairs(num_pairs)`, and any `num_pairs` gives a prefix of the same sequence.
 
     ```python
-    >>> row = synthetic_refine_rl_pairs(8, hard_negatives=1)[0]
+    >>> row = color_object_refine_rl_pairs(8, hard_negatives=1)[0]
     >>> row["query"], row["query_rewrite"], row["positive"], row["negatives"]
     ('blue car', 'azure automobile', 'an automobile, azure', ['an kitten, azure', 'an automobile, crimson'])
 
     ```
     """
-    every_pair = {row["query"]: row for row in synthetic_pairs(len(_COLOR_WORDS) * len(_OBJECT_WORDS), seed=seed)}
+    every_pair = {row["query"]: row for row in color_object_pairs(len(_COLOR_WORDS) * len(_OBJECT_WORDS), seed=seed)}
     rows = []
-    for row in synthetic_pairs(num_pairs, seed=seed):
+    for row in color_object_pairs(num_pairs, seed=seed):
         color, obj = row["query"].split()
         row = {**row, "query_rewrite": row["positive_rewrite"]}
         if hard_negatives:
@@ -352,39 +352,3 @@ def synthetic_refine_rl_pairs(num_pairs: int = 32, hard_negatives: int = 0, seed
             row["negatives"] = [every_pair[query]["positive"] for query in same_color + same_object]
         rows.append(row)
     return rows
-
-
-def tiny_stage1_model(
-    rows: list[dict], processor: RimeProcessor | None = None, steps: int = 500, output_dir: str | None = None, **args
-) -> tuple[RimeForEmbedding, RimeProcessor]:
-    """A tiny random model after a stage-1 run on `rows`, for Refine-RL demos and tests (~45 s for 500 steps on a
-    CPU core).
-
-    The defaults (lr 2e-3, batch 8, no disc InfoNCE term) give a model that writes the rewrite format and reads its
-    gen embedding from the rewrite, so RL has something to refine; `args` override any `RimeContrastiveConfig` field.
-    """
-    import tempfile
-
-    from .training import RimeContrastiveConfig, RimeContrastiveTrainer
-
-    processor = processor if processor is not None else tiny_rime_processor()
-    model = tiny_rime_model(processor=processor)
-    # With the disc term on, the tiny model's gen embedding learns to read the prompt and largely ignores the rewrite:
-    # measured on 8 queries against 64 documents, a well-formed but wrong rewrite still scored 0.44 against 0.94 for
-    # the right one (0.11 against 0.79 without the term). CMA alone trains the documents' disc embeddings.
-    settings = dict(
-        max_steps=steps,
-        learning_rate=2e-3,
-        per_device_train_batch_size=8,
-        disc_weight=0.0,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=steps,
-        disable_tqdm=True,
-        seed=0,
-    )
-    settings.update(args)
-    with tempfile.TemporaryDirectory() as scratch:
-        config = RimeContrastiveConfig(output_dir or scratch, **settings)
-        RimeContrastiveTrainer(model, args=config, train_dataset=rows, processing_class=processor).train()
-    return model.eval(), processor

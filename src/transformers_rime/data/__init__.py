@@ -14,7 +14,6 @@ from .readers import (
     read_pairs,
     read_rime_rl,
     read_rime_sft,
-    read_ume_r1_sft,
 )
 
 
@@ -27,5 +26,4 @@ __all__ = [
     "read_pairs",
     "read_rime_rl",
     "read_rime_sft",
-    "read_ume_r1_sft",
 ]

@@ -22,7 +22,7 @@ from collections import Counter
 
 from transformers.utils import logging
 
-from ..models.rime.configuration_rime import DISC_EMB_TOKEN, GEN_EMB_TOKEN
+from ..models.rime.configuration_rime import DISC_EMB_TOKEN, END_OF_TURN_TOKENS, GEN_EMB_TOKEN
 from .readers import _ASSISTANT_ROLES, _HUMAN_ROLES, _data_files, _load_records
 
 
@@ -70,7 +70,8 @@ def count_prompts(path_or_records, disc_emb_token: str = DISC_EMB_TOKEN, gen_emb
     """
     counts = {"instructions": Counter(), "rewrite_starts": Counter(), "rewrite_ends": Counter(), "records": 0}
     start_pattern = re.compile(r"^\s*(<[^<>/\s]+>)")
-    end_pattern = re.compile(r"(</[^<>\s]+>)\s*" + re.escape(gen_emb_token) + r"(?:\s*<\|im_end\|>)?\s*$")
+    end_of_turn = "|".join(map(re.escape, END_OF_TURN_TOKENS))
+    end_pattern = re.compile(r"(</[^<>\s]+>)\s*" + re.escape(gen_emb_token) + rf"(?:\s*(?:{end_of_turn}))?\s*$")
     for _, records in _record_sources(path_or_records):
         for record in records:
             counts["records"] += 1
@@ -121,14 +122,14 @@ def infer_prompt(path_or_records, disc_emb_token: str = DISC_EMB_TOKEN, gen_emb_
     Example:
 
     ```python
-    >>> from transformers_rime import RimeConfig
+    >>> from transformers_rime.models.rime.configuration_rime import format_gen_instruction
     >>> human = "<image>\\nWhat is shown?\\n<disc_emb>\\nSum it up in <sum> </sum>, then <gen_emb>."
     >>> sft = {"image": "cat.jpg", "conversations": [
     ...     {"from": "human", "value": human}, {"from": "gpt", "value": "<sum>a cat on a sofa</sum><gen_emb>"}]}
     >>> found = infer_prompt([{"qry": sft, "pos": sft}])
     >>> found["rewrite_start"], found["rewrite_end"]
     ('<sum>', '</sum>')
-    >>> RimeConfig(**found).formatted_gen_instruction()
+    >>> format_gen_instruction(found["gen_instruction"], "<sum>", "</sum>", "<gen_emb>")
     'Sum it up in <sum> </sum>, then <gen_emb>.'
 
     ```

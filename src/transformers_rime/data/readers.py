@@ -8,7 +8,7 @@ Every reader returns the columns `query`, `positive` (items `{"text": str | None
 adds `negatives` and `negative_rewrites` when its input has negatives. Files are only checked for existence here,
 never decoded. Invalid JSON is an error naming the file and line; text that is not UTF-8, the file and byte offset.
 
-**RIME-Train / UME-R1 SFT** (`read_rime_sft`, `read_ume_r1_sft`): a JSON list (or JSON lines) of records
+**RIME-Train / UME-R1 SFT** (`read_rime_sft`; the two layouts are the same): a JSON list (or JSON lines) of records
 
 ```json
 {"qry": {"image": "images/cat.jpg", "conversations": [
@@ -45,16 +45,16 @@ import json
 import os
 from pathlib import Path
 
-from ..inputs import frame_files, is_image_path, names_image_file
+from ..inputs import DICT_KEYS, frame_files, is_image_path, names_image_file
+from ..models.rime.configuration_rime import DISC_EMB_TOKEN, END_OF_TURN_TOKENS, GEN_EMB_TOKEN
 
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg", ".3gp")
-ITEM_KEYS = ("text", "image", "images", "video")
 _HUMAN_ROLES = ("human", "user")
 _ASSISTANT_ROLES = ("gpt", "assistant")
 
 
-def clean_human_text(text: str | None, disc_emb_token: str = "<disc_emb>") -> str | None:
+def clean_human_text(text: str | None, disc_emb_token: str = DISC_EMB_TOKEN) -> str | None:
     """The human turn of an SFT record without media placeholders or the prompt after `disc_emb_token`.
 
     ```python
@@ -71,8 +71,8 @@ def clean_human_text(text: str | None, disc_emb_token: str = "<disc_emb>") -> st
     return text or None
 
 
-def clean_rewrite(text: str | None, gen_emb_token: str = "<gen_emb>") -> str | None:
-    """An assistant completion without its trailing `gen_emb_token`, `<|im_end|>` and whitespace.
+def clean_rewrite(text: str | None, gen_emb_token: str = GEN_EMB_TOKEN) -> str | None:
+    """An assistant completion without its trailing `gen_emb_token`, end-of-turn tokens and whitespace.
 
     ```python
     >>> clean_rewrite("<rewrite>a dog on grass</rewrite><gen_emb><|im_end|>\\n")
@@ -83,9 +83,10 @@ def clean_rewrite(text: str | None, gen_emb_token: str = "<gen_emb>") -> str | N
     if text is None:
         return None
     text = text.rstrip()
-    # Strip in a loop: the two tokens may come in either order, separated by whitespace.
-    while text.endswith((gen_emb_token, "<|im_end|>")):
-        text = text.removesuffix(gen_emb_token).removesuffix("<|im_end|>").rstrip()
+    # Strip in a loop: the tokens may come in any order, separated by whitespace.
+    trailing = (gen_emb_token, *END_OF_TURN_TOKENS)
+    while text.endswith(trailing):
+        text = text.removesuffix(next(token for token in trailing if text.endswith(token))).rstrip()
     return text or None
 
 
@@ -116,9 +117,9 @@ def normalize_item(item, media_root=None, where: str = "item", *, check_files: b
         item = {"video": item}
     elif not isinstance(item, dict):
         raise ValueError(f"{where}: expected text, an image path, a frame list or a dict, got {type(item).__name__}.")
-    unknown = set(item) - set(ITEM_KEYS)
+    unknown = set(item) - set(DICT_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; use {', '.join(ITEM_KEYS)}.")
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; use {', '.join(DICT_KEYS)}.")
     text = item.get("text")
     if text is not None and not isinstance(text, str):
         raise ValueError(f"{where}: 'text' must be a string, got {type(text).__name__}.")
@@ -240,6 +241,17 @@ def _load_records(path: str) -> list:
     return [record for _, record in load_json_records(path)]
 
 
+def _data_records(paths, media_root, expected: str):
+    """`(file, media root, where, origin, record)` for every record of the data files `paths`, each an object."""
+    for file in _data_files(paths):
+        root = media_root if media_root is not None else os.path.dirname(os.path.abspath(file))
+        for index, (origin, record) in enumerate(load_json_records(file)):
+            where = f"{file} record {index}"
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected an object with {expected}, got {type(record).__name__}.")
+            yield file, root, where, origin, record
+
+
 def _data_files(paths) -> list[str]:
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files = []
@@ -277,7 +289,8 @@ def _sft_side(side, media_root, where: str, check_files: bool, placeholders) -> 
 def read_rime_sft(
     paths, media_root=None, check_files=True, placeholder_images=("blank.jpg",), max_samples_per_source=None
 ):
-    """Read RIME-Train SFT files (`leafyseay/RIME-Train`, folder `RIME-SFT/<Dataset>.json`): one file per source.
+    """Read RIME-Train SFT files (`leafyseay/RIME-Train`, folder `RIME-SFT/<Dataset>.json`, one file per source) or
+    the UME-R1 SFT data (`zhibinlan/UME-sft-train`, one big JSON file whose records name their sub-dataset).
 
     Args:
         paths: a JSON/JSON-lines file, a directory (every `*.json`/`*.jsonl` in it, sorted) or a list of them.
@@ -291,37 +304,21 @@ def read_rime_sft(
         `dataset`/`source`/`data_source` key, else the file stem; the instruction columns are `""`.
     """
     rows, counts = [], {}
-    for file in _data_files(paths):
-        root = media_root if media_root is not None else os.path.dirname(os.path.abspath(file))
-        for index, (origin, record) in enumerate(load_json_records(file)):
-            where = f"{file} record {index}"
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected an object with 'qry' and 'pos', got {type(record).__name__}.")
-            source = record.get("dataset") or record.get("source") or record.get("data_source") or Path(file).stem
-            if max_samples_per_source is not None and counts.get(source, 0) >= max_samples_per_source:
-                continue
-            counts[source] = counts.get(source, 0) + 1
-            row = {"source": str(source), "origin": origin}
-            for column, keys in (("query", ("qry", "query")), ("positive", ("pos", "positive"))):
-                key = next((k for k in keys if record.get(k) is not None), None)
-                if key is None:
-                    raise ValueError(f"{where}: missing {keys[0]!r}.")
-                item, rewrite = _sft_side(record[key], root, f"{where} ({key})", check_files, placeholder_images)
-                # The task instruction is already in the human text: "" tells the collator to add none.
-                row.update({column: item, f"{column}_rewrite": rewrite, f"{column}_instruction": ""})
-            rows.append(row)
+    for file, root, where, origin, record in _data_records(paths, media_root, "'qry' and 'pos'"):
+        source = record.get("dataset") or record.get("source") or record.get("data_source") or Path(file).stem
+        if max_samples_per_source is not None and counts.get(source, 0) >= max_samples_per_source:
+            continue
+        counts[source] = counts.get(source, 0) + 1
+        row = {"source": str(source), "origin": origin}
+        for column, keys in (("query", ("qry", "query")), ("positive", ("pos", "positive"))):
+            key = next((k for k in keys if record.get(k) is not None), None)
+            if key is None:
+                raise ValueError(f"{where}: missing {keys[0]!r}.")
+            item, rewrite = _sft_side(record[key], root, f"{where} ({key})", check_files, placeholder_images)
+            # The task instruction is already in the human text: "" tells the collator to add none.
+            row.update({column: item, f"{column}_rewrite": rewrite, f"{column}_instruction": ""})
+        rows.append(row)
     return _to_dataset(rows, with_negatives=False)
-
-
-def read_ume_r1_sft(
-    paths, media_root=None, check_files=True, placeholder_images=("blank.jpg",), max_samples_per_source=None
-):
-    """Read the UME-R1 SFT data (`zhibinlan/UME-sft-train`, one big JSON file); same format as `read_rime_sft`.
-
-    Records carry their sub-dataset in `dataset`/`source`/`data_source` (else the file stem is the source). Args
-    and returns as in `read_rime_sft`.
-    """
-    return read_rime_sft(paths, media_root, check_files, placeholder_images, max_samples_per_source)
 
 
 def read_rime_rl(paths, media_root=None, check_files=True, placeholder_images=("blank.jpg",)):
@@ -338,30 +335,25 @@ def read_rime_rl(paths, media_root=None, check_files=True, placeholder_images=("
         since the task instruction is in the text) plus `solution` (`str | None`); `source` is the `dataset` field.
     """
     rows = []
-    for file in _data_files(paths):
-        root = media_root if media_root is not None else os.path.dirname(os.path.abspath(file))
-        for index, (origin, record) in enumerate(load_json_records(file)):
-            where = f"{file} record {index}"
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected an object with qry_*/pos_* fields, got {type(record).__name__}.")
-            row = {
-                "source": str(record.get("dataset") or Path(file).stem),
-                "origin": origin,
-                "solution": record.get("solution"),
+    for file, root, where, origin, record in _data_records(paths, media_root, "qry_*/pos_* fields"):
+        row = {
+            "source": str(record.get("dataset") or Path(file).stem),
+            "origin": origin,
+            "solution": record.get("solution"),
+        }
+        for column, prefix in (("query", "qry"), ("positive", "pos")):
+            media = {
+                "text": clean_human_text(_text(record.get(f"{prefix}_text"), f"{where} ({prefix}_text)")),
+                "image": record.get(f"{prefix}_image") or None,
+                "video": record.get(f"{prefix}_video") or None,
             }
-            for column, prefix in (("query", "qry"), ("positive", "pos")):
-                media = {
-                    "text": clean_human_text(_text(record.get(f"{prefix}_text"), f"{where} ({prefix}_text)")),
-                    "image": record.get(f"{prefix}_image") or None,
-                    "video": record.get(f"{prefix}_video") or None,
-                }
-                row[column] = normalize_item(
-                    media, root, f"{where} ({prefix})", check_files=check_files, placeholder_images=placeholder_images
-                )
-                row.update({f"{column}_rewrite": None, f"{column}_instruction": ""})
-            if row["solution"] is not None and not isinstance(row["solution"], str):
-                row["solution"] = json.dumps(row["solution"])
-            rows.append(row)
+            row[column] = normalize_item(
+                media, root, f"{where} ({prefix})", check_files=check_files, placeholder_images=placeholder_images
+            )
+            row.update({f"{column}_rewrite": None, f"{column}_instruction": ""})
+        if row["solution"] is not None and not isinstance(row["solution"], str):
+            row["solution"] = json.dumps(row["solution"])
+        rows.append(row)
     return _to_dataset(rows, with_negatives=False, extra_text_columns=("solution",))
 
 

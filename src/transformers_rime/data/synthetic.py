@@ -16,15 +16,13 @@ colour and a shape. A quarter of the 32 colour-shape pairs (one per colour, each
 not memory. Renders are jittered (position, size, background), so no two images are the same.
 
 `synthetic_pairs` gives a fixed list of training rows, `SyntheticPairStream` an endless stream of fresh renders
-(what the quickstart trains on), and `synthetic_tasks` the evaluation tasks.
+(what the quickstart trains on), and `synthetic_examples` the examples of one kind
+(`transformers_rime.evaluation.synthetic_tasks` makes the held-out evaluation tasks from them).
 
 ```python
 >>> rows = synthetic_pairs("train", per_kind=2, seed=0)
 >>> sorted(rows[0]), len(rows)
 (['positive', 'positive_rewrite', 'query', 'query_rewrite', 'source'], 10)
->>> tasks = synthetic_tasks("heldout", per_kind=4, seed=1)
->>> [task.name for task in tasks]
-['text_to_image', 'image_to_text', 'image_question_to_answer', 'text_to_page', 'text_to_video']
 
 ```
 """
@@ -64,7 +62,7 @@ def synthetic_pairs(split: str = "train", per_kind: int = 64, seed: int = 0, neg
     documents of `k` other rows of its kind (hard negatives, as the held-out tasks rank within a kind)."""
     if negatives < 0 or (negatives and negatives >= per_kind):
         raise ValueError(f"negatives must be in [0, per_kind), got {negatives} with per_kind={per_kind}.")
-    examples = [_examples(kind, split, per_kind, seed) for kind in KINDS]
+    examples = [synthetic_examples(kind, split, per_kind, seed) for kind in KINDS]
     rng = random.Random(f"negatives-{split}-{seed}")
     rows = []
     for group in itertools.zip_longest(*examples):
@@ -133,40 +131,14 @@ class SyntheticPairStream(torch.utils.data.IterableDataset):
                 yield {key: row[key] for key in _ROW_KEYS if key != "source"} | {"source": kind}
 
 
-def synthetic_tasks(split: str = "heldout", per_kind: int = 32, seed: int = 1) -> list:
-    """One `RetrievalTask` per kind: each query against the `per_kind` documents of its kind (Hit@1)."""
-    from ..evaluation.tasks import RetrievalTask
-
-    tasks = []
-    for kind in KINDS:
-        rows = _examples(kind, split, per_kind, seed)
-        corpus, index, relevance = [], {}, []
-        for row in rows:
-            key = row["positive_key"]
-            if key not in index:
-                index[key] = len(corpus)
-                corpus.append(row["positive"])
-            relevance.append({index[key]: 1.0})
-        tasks.append(
-            RetrievalTask(
-                kind,
-                queries=[row["query"] for row in rows],
-                corpus=corpus,
-                relevance=relevance,
-                metric="hit@1",
-                group="synthetic",
-                metadata={"split": split, "seed": seed},
-            )
-        )
-    return tasks
-
-
 def _check_split(split: str) -> None:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}.")
 
 
-def _examples(kind: str, split: str, count: int, seed: int) -> list[dict]:
+def synthetic_examples(kind: str, split: str, count: int, seed: int) -> list[dict]:
+    """`count` distinct examples of `kind` in `split`: a query, its document, their gold rewrites, the keys that tell
+    two scenes apart (`query_key`, `positive_key`) and `source` (the kind). The same arguments give the same rows."""
     _check_split(split)
     rng = random.Random(f"{kind}-{split}-{seed}")
     make = _MAKERS[kind]
@@ -276,14 +248,7 @@ def _shape(draw: ImageDraw.ImageDraw, color: str, shape: str, center: tuple[floa
 def _text_to_image(rng, split):
     scene = _scene(rng, split)
     caption, rewrite = _caption(scene)
-    return dict(
-        query=caption,
-        positive=_render(scene, rng),
-        query_rewrite=rewrite,
-        positive_rewrite=rewrite,
-        query_key=caption,
-        positive_key=caption,
-    )
+    return _text_query(caption, _render(scene, rng), rewrite)
 
 
 def _image_to_text(rng, split):
@@ -333,15 +298,7 @@ def _text_to_page(rng, split):
         y = 22 + line * 11
         draw.line((4, y, rng.randint(24, _SIZE - 4), y), fill=(120, 120, 120), width=2)
     _shape(draw, color, shape, (_SIZE // 2, _SIZE + 12), 9)
-    caption = f"the {color} {title} with a {shape} logo"
-    return dict(
-        query=caption,
-        positive=page,
-        query_rewrite=f"{color} {title}, {shape} logo",
-        positive_rewrite=f"{color} {title}, {shape} logo",
-        query_key=caption,
-        positive_key=caption,
-    )
+    return _text_query(f"the {color} {title} with a {shape} logo", page, f"{color} {title}, {shape} logo")
 
 
 def _text_to_video(rng, split):
@@ -355,15 +312,13 @@ def _text_to_video(rng, split):
         center = (travel, _SIZE // 2) if direction in ("left", "right") else (_SIZE // 2, travel)
         _shape(ImageDraw.Draw(frame), color, shape, center, 8)
         frames.append(frame)
-    caption = f"a {color} {shape} moving {direction}"
-    return dict(
-        query=caption,
-        positive=frames,
-        query_rewrite=f"{color} {shape} moves {direction}",
-        positive_rewrite=f"{color} {shape} moves {direction}",
-        query_key=caption,
-        positive_key=caption,
-    )
+    return _text_query(f"a {color} {shape} moving {direction}", frames, f"{color} {shape} moves {direction}")
+
+
+def _text_query(caption: str, document, rewrite: str) -> dict:
+    """An example whose query is `caption` and whose two sides share one gold rewrite; the caption names it."""
+    keys = {"query_key": caption, "positive_key": caption}
+    return {"query": caption, "positive": document, "query_rewrite": rewrite, "positive_rewrite": rewrite, **keys}
 
 
 _MAKERS = {

@@ -1,8 +1,7 @@
 """Evaluation: metrics, search, tasks, the four-mode harness, reports and the MMEB-V2 manifest.
 
 - `metrics`: `hit_at_k`, `recall_at_k`, `mrr`, `ndcg_at_k` on score matrices (ties count against the query).
-- `index`: `build_index(embeddings, backend="exact" | "faiss")`, used by `RimeEncoder.search`.
-- `tasks`: `RetrievalTask` and the jsonl task folder format (`read_task`, `write_task`).
+- `tasks`: `RetrievalTask`, the jsonl task folder format (`read_task`, `write_task`) and `synthetic_tasks`.
 - `harness`: `evaluate(encoder, tasks)`, every query-mode x corpus-mode pair, cached and resumable; `plot`: the PNG.
 - `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`); `mmeb_data` and `mmeb_video`:
   readers for a local copy of its evaluation files, all 78 tasks (`read_mmeb_v2`).
@@ -10,19 +9,24 @@
 """
 
 from .harness import encoder_fingerprint, evaluate, write_reports
-from .index import INDEX_BACKENDS, ExactIndex, FaissIndex, build_index
 from .metrics import hit_at_k, mrr, ndcg_at_k, ranked_relevance, recall_at_k
 from .mmeb import MMEB_V2_TASKS, mmeb_v2_scores
-from .mmeb_data import MMEB_V2_READABLE, read_mmeb_v2
+from .mmeb_data import read_mmeb_v2
 from .mteb import RimeMtebEncoder
 from .plot import plot_results
-from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric, parse_metric, read_task, write_task
+from .tasks import (
+    DEFAULT_METRICS,
+    RetrievalTask,
+    compute_metric,
+    parse_metric,
+    read_task,
+    synthetic_tasks,
+    write_task,
+)
 
 
 __all__ = [
     "DEFAULT_METRICS",
-    "INDEX_BACKENDS",
-    "MMEB_V2_READABLE",
     "MMEB_V2_TASKS",
     "RetrievalTask",
     "RimeMtebEncoder",
@@ -33,11 +37,9 @@ __all__ = [
     "plot_results",
     "read_mmeb_v2",
     "read_task",
+    "synthetic_tasks",
     "write_reports",
     "write_task",
-    "ExactIndex",
-    "FaissIndex",
-    "build_index",
     "hit_at_k",
     "mmeb_v2_scores",
     "mrr",

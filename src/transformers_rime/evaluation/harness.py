@@ -32,13 +32,12 @@ from transformers.utils import logging
 from ..files import write_atomically, write_bytes, write_json
 from ..fingerprints import model_fingerprint
 from ..model_card import results_table
+from ..models.rime.configuration_rime import MODES
 from .plot import plot_results
 from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric
 
 
 logger = logging.get_logger(__name__)
-
-MODES = ("disc", "gen")
 
 
 def encoder_fingerprint(encoder) -> str:

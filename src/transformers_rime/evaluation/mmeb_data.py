@@ -78,15 +78,12 @@ _VISDOC = {
     "MMLongBench-page": "MMLongBench",
 }
 
-# every task is read; kept as a name for callers that ask what is readable
-MMEB_V2_READABLE = tuple(task.name for task in MMEB_V2_TASKS)
-
 
 def read_mmeb_v2(root: str | Path, names=None, *, num_frames: int = 8) -> list[RetrievalTask]:
     """The MMEB-V2 tasks `names` (default: all 78) from a local copy laid out as in the module docstring; video
     items take `num_frames` frames."""
     root = Path(root)
-    names = list(MMEB_V2_READABLE if names is None else names)
+    names = [task.name for task in MMEB_V2_TASKS] if names is None else list(names)
     unknown = [name for name in names if name not in MMEB_V2_BY_NAME]
     if unknown:
         raise ValueError(f"{unknown} not MMEB-V2 tasks (see transformers_rime.evaluation.MMEB_V2_TASKS).")
@@ -204,7 +201,6 @@ def _strip_image_token(text: str) -> str:
 
 
 __all__ = [
-    "MMEB_V2_READABLE",
     "read_mmeb_image_task",
     "read_mmeb_v2",
     "read_mmeb_video_retrieval_task",

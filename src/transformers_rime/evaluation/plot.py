@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..models.rime.configuration_rime import MODES
 
-_MODES = ("disc", "gen")
+
 _CELL, _MARGIN, _TITLE, _LABEL = 64, 16, 22, 40
 _PANELS_PER_LINE = 4
 
@@ -48,11 +49,11 @@ def plot_results(results: dict, path: str | os.PathLike) -> Path:
         top = header + (index // columns) * panel_height
         draw.text((left, top), _shorten(name, panel_width - 8, draw, font), fill="black", font=font)
         grid_left, grid_top = left + _LABEL, top + _TITLE + _LABEL // 2
-        for column, corpus_mode in enumerate(_MODES):
+        for column, corpus_mode in enumerate(MODES):
             draw.text((grid_left + column * _CELL + _CELL // 3, grid_top - 14), corpus_mode, fill="black", font=font)
-        for row, query_mode in enumerate(_MODES):
+        for row, query_mode in enumerate(MODES):
             draw.text((left + 4, grid_top + row * _CELL + _CELL // 2 - 6), query_mode, fill="black", font=font)
-            for column, corpus_mode in enumerate(_MODES):
+            for column, corpus_mode in enumerate(MODES):
                 box = [
                     grid_left + column * _CELL,
                     grid_top + row * _CELL,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.synthetic import KINDS, synthetic_examples
 from ..fingerprints import item_fingerprint
 from ..inputs import parse_input
 from .metrics import hit_at_k, mrr, ndcg_at_k, recall_at_k
@@ -243,11 +244,46 @@ def _lookup(ids: dict, key, where: str) -> int:
     return ids[str(key)]
 
 
+def synthetic_tasks(split: str = "heldout", per_kind: int = 32, seed: int = 1) -> list[RetrievalTask]:
+    """One `RetrievalTask` per kind of `transformers_rime.data.synthetic`: each query against the `per_kind`
+    documents of its kind (Hit@1).
+
+    ```python
+    >>> [task.name for task in synthetic_tasks("heldout", per_kind=4, seed=1)]
+    ['text_to_image', 'image_to_text', 'image_question_to_answer', 'text_to_page', 'text_to_video']
+
+    ```
+    """
+    tasks = []
+    for kind in KINDS:
+        rows = synthetic_examples(kind, split, per_kind, seed)
+        corpus, index, relevance = [], {}, []
+        for row in rows:
+            key = row["positive_key"]
+            if key not in index:
+                index[key] = len(corpus)
+                corpus.append(row["positive"])
+            relevance.append({index[key]: 1.0})
+        tasks.append(
+            RetrievalTask(
+                kind,
+                queries=[row["query"] for row in rows],
+                corpus=corpus,
+                relevance=relevance,
+                metric="hit@1",
+                group="synthetic",
+                metadata={"split": split, "seed": seed},
+            )
+        )
+    return tasks
+
+
 __all__ = [
     "DEFAULT_METRICS",
     "RetrievalTask",
     "compute_metric",
     "parse_metric",
     "read_task",
+    "synthetic_tasks",
     "write_task",
 ]

@@ -20,11 +20,25 @@ from ..adapters import merged_copy
 from ..encoder import RimeEncoder
 from ..models.rime.configuration_rime import RIME_FIELDS, RimeConfig
 from ..models.rime.modeling_rime import RimeForEmbedding
+from ..models.rime.processing_rime import RimeProcessor
 
 
 logger = logging.get_logger(__name__)
 
 ADAPTER_FOLDER = "adapter"
+NEEDS_PROCESSOR = "Pass processing_class=RimeProcessor(...) (or give `model` as a checkpoint path)."
+
+
+def load_model_to_train(
+    path: str | os.PathLike, processing_class: RimeProcessor | None = None, share_tokenizer: bool = False
+) -> tuple[RimeForEmbedding, RimeProcessor]:
+    """The model a trainer starts from when given a checkpoint path (RIME or published backbone layout), and the
+    processor, loaded from `path` unless given. With `share_tokenizer`, the RIME token ids of a published checkpoint
+    are read from the processor's tokenizer instead of loading the checkpoint's again."""
+    if processing_class is None:
+        processing_class = RimeProcessor.from_pretrained(path)
+    kwargs = {"tokenizer": processing_class.tokenizer} if share_tokenizer else {}
+    return RimeForEmbedding.from_pretrained(path, **kwargs), processing_class
 
 
 def is_rime_checkpoint(folder: str | os.PathLike) -> bool:
@@ -155,8 +169,10 @@ class RimeCheckpointMixin:
 
 __all__ = [
     "ADAPTER_FOLDER",
+    "NEEDS_PROCESSOR",
     "RimeCheckpointMixin",
     "is_rime_checkpoint",
+    "load_model_to_train",
     "load_training_checkpoint",
     "rewrite_as_rime_checkpoint",
     "save_rime_checkpoint",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from transformers import BatchFeature
 
 from ..data.readers import clean_rewrite
-from ..models.rime.inputs_rime import RimeInput, parse_input
+from ..models.rime.configuration_rime import MODES
 from ..models.rime.processing_rime import RimeProcessor
+from .rows import TrainingItem, parse_row, row_origin
 
 
+DISC, GEN = MODES
 GROUPS = ("query", "positive", "negative")
 # Processor outputs with one value per token besides the ids and the mask, extended with zeros (text) when the
 # target is appended. Chosen by name: a tensor that merely has the ids' shape (pixel_values with as many patches as
@@ -19,15 +21,19 @@ GROUPS = ("query", "positive", "negative")
 PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
 
 
-@dataclass
-class TrainingItem:
-    """One item of a training row: what to embed, its annotated rewrite, its instruction and where it came from."""
+def left_pad(sequences: Sequence[torch.Tensor | Sequence[int]], fill: int) -> torch.Tensor:
+    """Stack 1-D sequences (tensors, or id lists made `long` tensors) into one `(B, L)` tensor, right-aligned, with
+    `fill` on the left (RIME pads on the left, so every row's last token is at the same position).
 
-    item: RimeInput
-    rewrite: str | None
-    instruction: str | None
-    role: str
-    where: str
+    ```python
+    >>> left_pad([[5, 6, 7], [8]], fill=0).tolist()
+    [[5, 6, 7], [0, 0, 8]]
+
+    ```
+    """
+    rows = [s if isinstance(s, torch.Tensor) else torch.tensor(list(s), dtype=torch.long) for s in sequences]
+    width = max(len(row) for row in rows)
+    return torch.stack([torch.cat([row.new_full((width - len(row),), fill), row]) for row in rows])
 
 
 def rewrite_target(rewrite: str, rewrite_start: str, rewrite_end: str, gen_emb_token: str) -> str:
@@ -83,21 +89,12 @@ def append_target_tokens(batch: BatchFeature, targets: list[list[int]], pad_toke
         prompt = input_ids[i][mask[i]]
         tail = torch.tensor(target, dtype=input_ids.dtype)
         rows.append((prompt, tail, {k: batch[k][i][mask[i]] for k in per_token}))
-    length = max(len(prompt) + len(tail) for prompt, tail, _ in rows)
-
-    def left_pad(values: torch.Tensor, fill: int) -> torch.Tensor:
-        return torch.cat([values.new_full((length - len(values),), fill), values])
-
     out = {k: v for k, v in batch.items() if k not in per_token and k not in ("input_ids", "attention_mask")}
-    out["input_ids"] = torch.stack([left_pad(torch.cat([p, t]), pad_token_id) for p, t, _ in rows])
-    out["attention_mask"] = torch.stack(
-        [left_pad(torch.ones(len(p) + len(t), dtype=torch.long), 0) for p, t, _ in rows]
-    )
-    out["labels"] = torch.stack([left_pad(torch.cat([torch.full_like(p, -100), t]), -100) for p, t, _ in rows])
+    out["input_ids"] = left_pad([torch.cat([p, t]) for p, t, _ in rows], pad_token_id)
+    out["attention_mask"] = left_pad([torch.ones(len(p) + len(t), dtype=torch.long) for p, t, _ in rows], 0)
+    out["labels"] = left_pad([torch.cat([torch.full_like(p, -100), t]) for p, t, _ in rows], -100)
     for key in per_token:
-        out[key] = torch.stack(
-            [left_pad(torch.cat([extra[key], extra[key].new_zeros(len(t))]), 0) for _, t, extra in rows]
-        )
+        out[key] = left_pad([torch.cat([extra[key], extra[key].new_zeros(len(t))]) for _, t, extra in rows], 0)
     return BatchFeature(out)
 
 
@@ -180,55 +177,15 @@ class RimeContrastiveCollator:
         `"/abs/data.jsonl:7 (query)"`; else its batch position and source, as `"batch row 3 (source 'CIRR'), column
         'query'"`.
         """
-        origin = row.get("origin")
-        if isinstance(origin, str) and origin:
-            where = origin
-        else:
+        where = row_origin(row)
+        if where is None:
             where = f"batch row {index}" + (f" (source {row['source']!r})" if row.get("source") is not None else "")
-        for column in ("query", "positive"):
-            if row.get(column) is None:
-                raise ValueError(f"{where}: missing `{column}`.")
-
-        def make(column: str, value, rewrite, instruction, role: str) -> TrainingItem:
-            item_where = f"{where} ({column})" if where == origin else f"{where}, column {column!r}"
-            try:
-                item = parse_input(_drop_empty(value), index)
-            except (TypeError, ValueError, OSError) as error:
-                # parse_input names the item "input <index>"; name the row and column instead.
-                message, prefix = str(error), f"input {index}"
-                detail = message.removeprefix(prefix) if message.startswith(prefix) else f": {message}"
-                raise _renamed(error, f"{item_where}{detail}") from error
-            return TrainingItem(item, rewrite, instruction, role, item_where)
-
-        items = [
-            ("query", make("query", row["query"], row.get("query_rewrite"), row.get("query_instruction"), "query")),
-            (
-                "positive",
-                make(
-                    "positive",
-                    row["positive"],
-                    row.get("positive_rewrite"),
-                    row.get("positive_instruction"),
-                    "document",
-                ),
-            ),
-        ]
-        negatives = row.get("negatives")
-        rewrites = row.get("negative_rewrites")
-        if negatives is None and row.get("negative") is not None:
-            negatives, rewrites = [row["negative"]], [row.get("negative_rewrite")]
-        rewrites = rewrites if rewrites is not None else [None] * len(negatives or [])
-        if len(rewrites) != len(negatives or []):
-            raise ValueError(f"{where}: {len(negatives)} negatives but {len(rewrites)} negative rewrites.")
-        for k, (negative, rewrite) in enumerate(zip(negatives or [], rewrites)):
-            instruction = row.get("positive_instruction")
-            items.append(("negative", make(f"negatives[{k}]", negative, rewrite, instruction, "document")))
-        return items
+        return parse_row(row, where, index).groups()
 
     def encode(self, items: list[TrainingItem], with_gen: bool) -> BatchFeature:
         """One chunk: prompts (+ rewrite targets and labels when `with_gen`), left-padded, with pixel values."""
         processor = self.processor
-        mode = "gen" if with_gen else "disc"
+        mode = GEN if with_gen else DISC
         prepared, targets = [], []
         for item in items:
             instruction = processor.instruction_for(item.role, item.instruction)
@@ -255,19 +212,4 @@ class RimeContrastiveCollator:
         return batch
 
 
-def _renamed(error: Exception, message: str) -> Exception:
-    """`error`'s type with `message` (a `ValueError` when that type needs other arguments)."""
-    try:
-        return type(error)(message)
-    except Exception:
-        return ValueError(message)
-
-
-def _drop_empty(value):
-    """Readers store items as `{"text", "images", "video"}` with `None` / `[]` for what is absent."""
-    if isinstance(value, dict):
-        return {k: v for k, v in value.items() if v is not None and not (k == "images" and len(v) == 0)}
-    return value
-
-
-__all__ = ["RimeContrastiveCollator", "append_target_tokens", "rewrite_target"]
+__all__ = ["RimeContrastiveCollator", "append_target_tokens", "left_pad", "rewrite_target"]

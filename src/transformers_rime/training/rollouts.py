@@ -1,7 +1,8 @@
-"""Small pure helpers of Refine-RL: rollout sequences, candidate pools, pixel slicing and the paired sampler."""
+"""Small pure helpers of Refine-RL: rollout sequences, pixel slicing, evaluation mode and the paired sampler."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -33,18 +34,6 @@ def gen_embedding_ids(
     return [*prompt_ids, *completion, gen_emb_id], False
 
 
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Left-pad id lists into `(input_ids, attention_mask)`, both `(B, L)`."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        if sequence:
-            ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-            mask[row, width - len(sequence) :] = 1
-    return ids, mask
-
-
 def patch_offsets(image_grid_thw: torch.LongTensor, images_per_row: Sequence[int]) -> tuple[list[int], list[int]]:
     """Where each row's images start in `image_grid_thw` and its patches in `pixel_values` (cumulative, length B+1).
 
@@ -63,20 +52,27 @@ def patch_offsets(image_grid_thw: torch.LongTensor, images_per_row: Sequence[int
     return image_starts, patch_starts
 
 
-def candidate_positions(row_targets: Sequence, pool: Sequence) -> list[int]:
-    """Index of each row's target key in the candidate pool (keys are compared with `==`).
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Evaluate without dropout (LoRA dropout included), then restore each submodule's mode.
 
     ```python
-    >>> candidate_positions([("p", 1), ("p", 0)], [("p", 0), ("n", 0), ("p", 1)])
-    [2, 0]
+    >>> layer = torch.nn.Dropout().train()
+    >>> with eval_mode(layer):
+    ...     layer.training
+    False
+    >>> layer.training
+    True
 
     ```
     """
-    where = {key: index for index, key in reversed(list(enumerate(pool)))}
-    missing = [key for key in row_targets if key not in where]
-    if missing:
-        raise KeyError(f"Targets missing from the candidate pool: {missing[:3]}.")
-    return [where[key] for key in row_targets]
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 class PairedRepeatSampler(Sampler[int]):
@@ -125,4 +121,4 @@ class PairedRepeatSampler(Sampler[int]):
         return full_chunks * self.pairs_per_batch * 2 * self.num_generations * self.repeat_count
 
 
-__all__ = ["PairedRepeatSampler", "candidate_positions", "gen_embedding_ids", "left_pad", "patch_offsets"]
+__all__ = ["PairedRepeatSampler", "eval_mode", "gen_embedding_ids", "patch_offsets"]

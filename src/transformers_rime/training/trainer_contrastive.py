@@ -13,9 +13,10 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from ..losses import ModeEmbeddings, is_distributed, rime_contrastive_loss
+from ..models.rime.configuration_rime import MODES
 from ..models.rime.modeling_rime import RimeForEmbedding
 from ..models.rime.processing_rime import RimeProcessor
-from .checkpoints import RimeCheckpointMixin
+from .checkpoints import NEEDS_PROCESSOR, RimeCheckpointMixin, load_model_to_train
 from .collator import RimeContrastiveCollator
 from .configuration_contrastive import RimeContrastiveConfig
 from .grad_cache import RandomState, cached_gradient_surrogate, leaf
@@ -24,8 +25,9 @@ from .sampler import SourceHomogeneousSampler
 
 logger = logging.get_logger(__name__)
 
+DISC, GEN = MODES
 # (query mode, document mode) pairs whose in-batch top-1 accuracy is logged
-MODE_PAIRS = (("disc", "disc"), ("gen", "gen"), ("gen", "disc"), ("disc", "gen"))
+MODE_PAIRS = ((DISC, DISC), (GEN, GEN), (GEN, DISC), (DISC, GEN))
 
 
 @dataclass
@@ -134,11 +136,9 @@ class RimeContrastiveTrainer(RimeCheckpointMixin, Trainer):
         if not isinstance(args, RimeContrastiveConfig):
             raise TypeError(f"args must be a RimeContrastiveConfig, got {type(args).__name__}.")
         if isinstance(model, str):
-            if processing_class is None:
-                processing_class = RimeProcessor.from_pretrained(model)
-            model = RimeForEmbedding.from_pretrained(model)
+            model, processing_class = load_model_to_train(model, processing_class)
         if processing_class is None:
-            raise ValueError("Pass processing_class=RimeProcessor(...) (or give `model` as a checkpoint path).")
+            raise ValueError(NEEDS_PROCESSOR)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         processing_class.adopt_config(base.config)
         self.rime_model = base  # what checkpoints save (merged with the adapter, if any) and resuming loads into

@@ -1,48 +1,32 @@
-"""Stage-2 RIME training: Refine-RL, GRPO on the rewrite with rewards anchored on discriminative embeddings."""
+"""Stage-2 RIME training: Refine-RL, GRPO on the rewrite with rewards anchored on discriminative embeddings.
+
+`RimeRefineRLTrainer` is a thin `GRPOTrainer` subclass: it turns RIME pairs into TRL rows and adds embedding columns
+to TRL's reward call. The pairs and candidate pools are `candidates.CandidatePool`'s, the set-up before TRL is
+`refine_rl_setup`'s, and the TRL internals it overrides or calls are listed in `trl_compat`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import os
 from dataclasses import dataclass
 
 import torch
-from packaging.version import Version
-from transformers.utils import logging
 
-from ..fingerprints import item_fingerprint
 from ..losses.distributed import gather_with_grad
-from ..models.rime.inputs_rime import RimeInput, parse_input
+from ..models.rime.configuration_rime import MODES
+from ..models.rime.inputs_rime import RimeInput
 from ..models.rime.modeling_rime import RimeForEmbedding
 from ..models.rime.processing_rime import RimeProcessor
-from ..rewards import REWARD_FUNCTIONS
-from .checkpoints import RimeCheckpointMixin
-from .collator import _drop_empty
+from .candidates import CandidatePool
+from .checkpoints import NEEDS_PROCESSOR, RimeCheckpointMixin, load_model_to_train
+from .collator import left_pad
 from .configuration_refine_rl import RimeRefineRLConfig
-from .rollouts import PairedRepeatSampler, candidate_positions, gen_embedding_ids, left_pad, patch_offsets
+from .refine_rl_setup import make_reference_loadable, reward_functions, rollout_dataset
+from .rollouts import PairedRepeatSampler, eval_mode, gen_embedding_ids, patch_offsets
 from .trainer_contrastive import freeze_vision_tower
-
-
-logger = logging.get_logger(__name__)
-
-TRL_RANGE = (Version("1.16.0"), Version("1.17.0"))  # tested range; the override points below are TRL internals
-ITEM_COLUMNS = ("query", "positive", "negatives", "negative", "query_instruction", "positive_instruction")
-
-
-def check_trl_version(version: str | None = None) -> None:
-    """Raise an `ImportError` unless TRL is within the tested range (`setup.py`'s `rl` extra)."""
-    if version is None:
-        import trl
-
-        version = trl.__version__
-    low, high = TRL_RANGE
-    if not low <= Version(version) < high:
-        raise ImportError(
-            f"RimeRefineRLTrainer needs trl>={low},<{high} (found {version}): it builds on GRPOTrainer internals "
-            f'that change between TRL releases. Install the tested version with `pip install "transformers_rime[rl]"`.'
-        )
+from .trl_compat import check_trl_version
 
 
 check_trl_version()
@@ -51,15 +35,7 @@ from trl import GRPOTrainer  # noqa: E402  (after the version check, so an untes
 from trl.models import prepare_deepspeed  # noqa: E402
 
 
-@dataclass
-class RolloutPair:
-    """One training pair, parsed once: the two items, their instructions and the dataset negatives."""
-
-    query: RimeInput
-    positive: RimeInput
-    query_instruction: str | None
-    positive_instruction: str | None
-    negatives: list[RimeInput]
+DISC, GEN = MODES
 
 
 @dataclass
@@ -69,25 +45,6 @@ class PromptEncoding:
     prompt_ids: list[list[int]]
     images: list[list | None]
     fields: dict
-
-
-def _named(function, **kwargs):
-    """`functools.partial` that keeps the function's name (TRL logs each reward under its `__name__`)."""
-    bound = functools.partial(function, **kwargs)
-    functools.update_wrapper(bound, function)
-    return bound
-
-
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    """Evaluate without dropout (LoRA dropout included), then restore each submodule's mode."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
@@ -140,13 +97,13 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
     Example:
 
     ```python
-    >>> from transformers_rime.testing import synthetic_pairs, tiny_rime_model, tiny_rime_processor
+    >>> from transformers_rime.testing import color_object_pairs, tiny_rime_model, tiny_rime_processor
     >>> processor = tiny_rime_processor()
     >>> args = RimeRefineRLConfig("/tmp/rime-rl-doctest", max_steps=1, per_device_train_batch_size=4,
     ...                           num_generations=2, max_completion_length=6, bf16=False, use_cpu=True,
     ...                           report_to="none", save_strategy="no", logging_steps=1, beta=0.0)
     >>> trainer = RimeRefineRLTrainer(tiny_rime_model(processor=processor), args=args,
-    ...                               train_dataset=synthetic_pairs(4), processing_class=processor)
+    ...                               train_dataset=color_object_pairs(4), processing_class=processor)
     >>> result = trainer.train()  # doctest: +ELLIPSIS
     {...'rewards/anchor_retrieval_reward/mean': ...}
     >>> result.global_step
@@ -173,14 +130,12 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
         if not isinstance(args, RimeRefineRLConfig):
             raise TypeError(f"args must be a RimeRefineRLConfig, got {type(args).__name__}.")
         if isinstance(model, (str, os.PathLike)):
-            if processing_class is None:
-                processing_class = RimeProcessor.from_pretrained(model)
-            model = RimeForEmbedding.from_pretrained(model, tokenizer=processing_class.tokenizer)
+            model, processing_class = load_model_to_train(model, processing_class, share_tokenizer=True)
         if not isinstance(model, RimeForEmbedding):
             raise TypeError(f"model must be a RimeForEmbedding or a checkpoint path, got {type(model).__name__}.")
         if not isinstance(processing_class, RimeProcessor):
             # An AutoProcessor fallback could silently return a bare tokenizer and make the run text-only.
-            raise ValueError("Pass processing_class=RimeProcessor(...) (or give `model` as a checkpoint path).")
+            raise ValueError(NEEDS_PROCESSOR)
         processing_class.adopt_config(model.config)
         self.rime_model = model
         self._gen_emb_id = model.config.gen_emb_token_id
@@ -188,10 +143,12 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
         if args.freeze_vision_tower and peft_config is None:
             freeze_vision_tower(model)
 
-        self._pairs: list[RolloutPair] = []
-        self._candidate_keys: dict[tuple[int, str], tuple[str, str]] = {}
-        train_rows = self._rollout_dataset(train_dataset, args, "train_dataset")
-        eval_rows = self._rollout_dataset(eval_dataset, args, "eval_dataset") if eval_dataset is not None else None
+        self._candidates = CandidatePool(instruction_for=processing_class.instruction_for, gather=self._gather)
+        symmetric = args.symmetric_rollouts
+        train_rows = rollout_dataset(train_dataset, self._candidates, symmetric, "train_dataset")
+        eval_rows = None
+        if eval_dataset is not None:
+            eval_rows = rollout_dataset(eval_dataset, self._candidates, symmetric, "eval_dataset")
 
         policy = model.vlm
         # The frozen anchor model of a full fine-tune is a copy taken now, before any update (with beta > 0, TRL's
@@ -201,7 +158,7 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
         if full_finetune and args.anchor_source == "frozen" and args.uses_embeddings and args.beta == 0.0:
             self._own_anchor_model = copy.deepcopy(model).requires_grad_(False).eval()
         if full_finetune and args.beta != 0.0:
-            self._make_reference_loadable(policy, args)
+            make_reference_loadable(policy, args)
 
         # TRL ends a rollout at any of the model's eos ids: <gen_emb> and every token that ends a rewrite at
         # inference, so rollouts stop where inference stops. Restored below, so the model keeps generating as before
@@ -211,7 +168,7 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
         try:
             super().__init__(
                 model=policy,
-                reward_funcs=self._reward_functions(args, processing_class, reward_funcs),
+                reward_funcs=reward_functions(args, processing_class, reward_funcs),
                 args=args,
                 train_dataset=train_rows,
                 eval_dataset=eval_rows,
@@ -223,7 +180,6 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
         finally:
             policy.generation_config.eos_token_id = original_eos
         self._prompt_encoding: PromptEncoding | None = None
-        self._warned_small_pool = False
         if args.symmetric_rollouts and eval_rows is not None:
             self._check_paired_eval_batches()
         if self._own_anchor_model is not None:
@@ -231,77 +187,20 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------ setup
 
-    def _rollout_dataset(self, dataset, args: RimeRefineRLConfig, name: str):
-        """Parse the pairs into `self._pairs` and return TRL's dataset: one row per rollout prompt.
-
-        Rows hold `pair_index` and `side` (plus the scalar columns, for reward functions); the items stay here, so
-        images are opened only when their batch is generated.
-        """
-        from datasets import Dataset
-
-        if dataset is None:
-            raise ValueError(f"{name} is required.")
-        rows = dataset if isinstance(dataset, list) else [dataset[i] for i in range(len(dataset))]
-        columns: dict[str, list] = {"pair_index": [], "side": []}
-        extra = sorted({k for row in rows for k, v in row.items() if k not in ITEM_COLUMNS and _is_scalar(v)})
-        extra = [k for k in extra if not k.endswith("_rewrite")]
-        columns.update({k: [] for k in extra})
-        for index, row in enumerate(rows):
-            where = f"{name} row {index}"
-            self._pairs.append(_parse_pair(row, where))
-            for side in ("query", "document") if args.symmetric_rollouts else ("query",):
-                columns["pair_index"].append(len(self._pairs) - 1)
-                columns["side"].append(side)
-                for k in extra:
-                    columns[k].append(row.get(k))
-        return Dataset.from_dict(columns)
-
-    @staticmethod
-    def _reward_functions(args: RimeRefineRLConfig, processor: RimeProcessor, extra) -> list:
-        options = {
-            "format": {
-                "rewrite_start": processor.rewrite_start,
-                "rewrite_end": processor.rewrite_end,
-                "gen_emb_token": processor.gen_emb_token,
-            },
-            "anchor_retrieval": {"temperature": args.reward_temperature},
-            "length": {"target_length": args.target_rewrite_length},
-        }
-        functions = [_named(REWARD_FUNCTIONS[name], **options.get(name, {})) for name in args.rewards]
-        extra = [] if extra is None else extra if isinstance(extra, list) else [extra]
-        return functions + list(extra)
-
-    @staticmethod
-    def _make_reference_loadable(policy, args: RimeRefineRLConfig) -> None:
-        """With `beta > 0` TRL rebuilds the reference from `config._name_or_path`, which is empty for a model built
-        in memory (and names a RIME-layout folder, not a backbone, for one loaded from a RIME checkpoint). Point it
-        at a backbone checkpoint of the initial weights, written to `output_dir/reference_model` when needed."""
-        source = policy.config._name_or_path
-        config_file = os.path.join(source, "config.json") if source else ""
-        if source and os.path.isdir(source) and os.path.isfile(config_file):
-            import json
-
-            with open(config_file, encoding="utf-8") as f:
-                if json.load(f).get("model_type") == policy.config.model_type:
-                    return  # a backbone checkpoint (the published layout): TRL loads it as is
-        elif source and not os.path.exists(source):
-            return  # a Hub id of a backbone
-        from accelerate import PartialState
-
-        folder = os.path.join(args.output_dir, "reference_model")
-        state = PartialState()
-        with state.main_process_first():
-            if state.is_main_process:
-                logger.info(f"beta > 0: saving the initial backbone to {folder} for TRL's reference model.")
-                policy.save_pretrained(folder)
-        policy.config._name_or_path = folder
-
     def _prepare_frozen(self, model: RimeForEmbedding) -> RimeForEmbedding:
         """Place the frozen anchor copy like TRL places its reference model."""
         if self.is_deepspeed_enabled:
             model.vlm = prepare_deepspeed(model.vlm, self.accelerator).module
             return model
         return self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    def _gather(self, objects: list, tensor: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """Every process's objects and tensor rows, in process order (the candidate pool's `Gather`)."""
+        if self.accelerator.num_processes == 1:
+            return list(objects), tensor
+        from accelerate.utils import gather_object
+
+        return gather_object(objects), gather_with_grad(tensor)[0]
 
     def _get_train_sampler(self, dataset=None):
         if not self.args.symmetric_rollouts:
@@ -346,18 +245,11 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------ rollouts
 
-    def _candidate(self, pair_index: int, slot: str) -> tuple[RimeInput, str | None, str]:
-        """One item of a pair, its instruction and its role (`slot`: `"query"`, `"positive"` or `"negative k"`)."""
-        pair = self._pairs[pair_index]
-        if slot == "query":
-            return pair.query, pair.query_instruction, "query"
-        if slot == "positive":
-            return pair.positive, pair.positive_instruction, "document"
-        return pair.negatives[int(slot.split()[1])], pair.positive_instruction, "document"
-
     def _rollout_item(self, row: dict) -> tuple[RimeInput, str | None, str]:
-        """The item a TRL row rolls out: its pair's query or, for a document row, its positive."""
-        return self._candidate(row["pair_index"], "query" if row["side"] == "query" else "positive")
+        """The item a TRL row rolls out (its pair's query or, for a document row, its positive), its instruction and
+        its role."""
+        item = self._candidates.rollout_item(row)
+        return item.item, item.instruction, item.role
 
     def _with_prompt(self, row: dict) -> dict:
         """A TRL row: the gen-mode conversation RimeProcessor builds for this side, and its images."""
@@ -372,7 +264,7 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
                 "only images to generation). Drop video rows from RL, or feed frames as images everywhere with "
                 "`video_as_images=True` on the processor."
             )
-        messages = processor.build_messages(item.text, len(images), "gen", instruction)
+        messages = processor.build_messages(item.text, len(images), GEN, instruction)
         return {**row, "prompt": messages, "images": images}
 
     def _generate_and_score_completions(self, inputs):
@@ -415,35 +307,11 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
     def _embedding_columns(self, inputs: list[dict], sequences: list[list[int]]) -> dict[str, list]:
         gen = self._rollout_embeddings(sequences)  # (N, D)
         keys, anchors = self._anchor_embeddings(inputs)  # pool over every process
-        pools = {}
-        for role in ("query", "document"):
-            members = [i for i, key in enumerate(keys) if key[0] == role]
-            pools[role] = ([keys[i] for i in members], anchors[members])
-        if any(len(pool_keys) == 1 for pool_keys, _ in pools.values() if pool_keys) and not self._warned_small_pool:
-            self._warned_small_pool = True
-            logger.warning(
-                "A candidate pool holds a single candidate, so retrieval rewards are constant and carry no signal: "
-                "raise generation_batch_size (or per_device_train_batch_size) so a generation batch holds several "
-                "prompts, or add `negatives` to the dataset."
-            )
-        targets = [self._target_key(row) for row in inputs]
-        # one lookup table per pool, not one per rollout
-        positions = {
-            role: iter(candidate_positions([t for t in targets if t[0] == role], pool_keys))
-            for role, (pool_keys, _) in pools.items()
-            if any(t[0] == role for t in targets)
-        }
-        columns = {"gen_embeddings": list(gen), "anchor_embeddings": [], "positive_index": []}
-        top1 = []
-        for (role, _), embedding in zip(targets, gen):
-            pool = pools[role][1]
-            position = next(positions[role])
-            columns["anchor_embeddings"].append(pool)
-            columns["positive_index"].append(position)
-            top1.append(float(int((pool @ embedding).argmax()) == position))
-        self._log_metric("rollouts/anchor_top1", sum(top1) / len(top1))
+        scored, top1 = self._candidates.score(inputs, gen, keys, anchors)
+        self._log_metric("rollouts/anchor_top1", top1)
+        columns = {"gen_embeddings": list(gen), **scored}
         if self.args.symmetric_rollouts:
-            columns.update(self._partner_columns(inputs, gen))
+            columns.update(self._candidates.partners(inputs, gen))
         return columns
 
     def _rollout_embeddings(self, sequences: list[list[int]]) -> torch.Tensor:
@@ -458,10 +326,11 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
         size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
         pad_id = self.processing_class.tokenizer.pad_token_id
         chunks = []
-        with torch.no_grad(), _eval_mode(self.rime_model):
+        with torch.no_grad(), eval_mode(self.rime_model):
             for start in range(0, len(sequences), size):
                 end = min(start + size, len(sequences))
-                ids, mask = left_pad(sequences[start:end], pad_id)
+                ids = left_pad(sequences[start:end], pad_id)
+                mask = left_pad([[1] * len(s) for s in sequences[start:end]], 0)
                 batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == image_token).long()}
                 if grid is not None and image_starts[end] > image_starts[start]:
                     batch["pixel_values"] = pixels[patch_starts[start] : patch_starts[end]]
@@ -493,102 +362,28 @@ class RimeRefineRLTrainer(RimeCheckpointMixin, GRPOTrainer):
 
     def _candidate_key(self, pair_index: int, slot: str) -> tuple[str, str]:
         """`(role, content fingerprint)` of one side of a pair (`slot`: `"query"`, `"positive"`, `"negative k"`)."""
-        cached = self._candidate_keys.get((pair_index, slot))
-        if cached is None:
-            item, instruction, role = self._candidate(pair_index, slot)
-            cached = (role, item_fingerprint(item, self.processing_class.instruction_for(role, instruction)))
-            self._candidate_keys[(pair_index, slot)] = cached
-        return cached
-
-    def _target_key(self, row: dict) -> tuple[str, str]:
-        return self._candidate_key(row["pair_index"], "positive" if row["side"] == "query" else "query")
+        return self._candidates.key(pair_index, slot)
 
     def _anchor_embeddings(self, inputs: list[dict]) -> tuple[list[tuple[str, str]], torch.Tensor]:
         """Disc embeddings of the batch's candidates, without gradient: `(keys, (C, D))`, keys `(role, fingerprint)`.
 
-        A candidate is the other side of each row's pair (a query row's positive, a document row's query) and, for
-        query rows, the pair's negatives. Each distinct candidate is embedded once per process, then the pools of
-        all processes are merged; a candidate met twice (on two processes, or as one row's negative and another's
-        positive) is kept once, so it never competes with itself.
+        The pool picks the candidates (see `CandidatePool`); each distinct one is embedded once per process, then
+        the pools of all processes are merged (`gather_candidates_across_devices`), each candidate kept once.
         """
         processor = self.processing_class
-        candidates: dict[tuple[str, str], tuple[int, str]] = {}  # key -> (pair_index, slot) of its first occurrence
-        for row in inputs:
-            slots = ["positive"] if row["side"] == "query" else ["query"]
-            if row["side"] == "query" and self.args.use_dataset_negatives:
-                slots += [f"negative {k}" for k in range(len(self._pairs[row["pair_index"]].negatives))]
-            for slot in slots:
-                candidates.setdefault(self._candidate_key(row["pair_index"], slot), (row["pair_index"], slot))
-        keys = list(candidates)
+        candidates = self._candidates.batch_candidates(inputs, self.args.use_dataset_negatives)
         prepared = []
-        for pair_index, slot in candidates.values():
-            item, instruction, role = self._candidate(pair_index, slot)
-            where = f"pair {pair_index} ({slot})"
-            prepared.append(processor.prepare_item(item, "disc", processor.instruction_for(role, instruction), where))
+        for candidate in candidates:
+            item = candidate.item
+            instruction = processor.instruction_for(item.role, item.instruction)
+            prepared.append(processor.prepare_item(item.item, DISC, instruction, candidate.where))
         batch = processor.collate(prepared)
         batch = self._prepare_inputs_for_model({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
         model, context = self._anchor_model()
-        with torch.no_grad(), _eval_mode(model), context, self.accelerator.autocast():
+        with torch.no_grad(), eval_mode(model), context, self.accelerator.autocast():
             anchors = model(**batch).embeddings.float()
-        if self.args.gather_candidates_across_devices and self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            keys = [tuple(key) for key in gather_object(keys)]
-            anchors, _ = gather_with_grad(anchors)
-            first = {}
-            for index, key in enumerate(keys):
-                first.setdefault(key, index)
-            keep = sorted(first.values())
-            keys, anchors = [keys[i] for i in keep], anchors[keep]
-        return keys, anchors
-
-    def _partner_columns(self, inputs: list[dict], gen: torch.Tensor) -> dict[str, list]:
-        """For UME-R1's reward: every other-side rollout of the batch (all processes) and which are positives."""
-        pairs = torch.tensor([row["pair_index"] for row in inputs], device=gen.device)
-        is_query = torch.tensor([row["side"] == "query" for row in inputs], device=gen.device)
-        if self.accelerator.num_processes > 1:
-            gen_all, _ = gather_with_grad(gen)
-            pairs_all, _ = gather_with_grad(pairs)
-            is_query_all, _ = gather_with_grad(is_query)
-        else:
-            gen_all, pairs_all, is_query_all = gen, pairs, is_query
-        by_side = {side: gen_all[is_query_all == (side == "query")] for side in ("query", "document")}
-        pair_by_side = {side: pairs_all[is_query_all == (side == "query")] for side in ("query", "document")}
-        columns = {"partner_embeddings": [], "partner_is_positive": []}
-        for row in inputs:
-            partner = "document" if row["side"] == "query" else "query"
-            columns["partner_embeddings"].append(by_side[partner])
-            columns["partner_is_positive"].append(pair_by_side[partner] == row["pair_index"])
-        return columns
-
-
-def _is_scalar(value) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _parse_pair(row: dict, where: str) -> RolloutPair:
-    if isinstance(row.get("origin"), str) and row["origin"]:
-        where = f"{where} ({row['origin']})"  # the readers' "/abs/data.jsonl:7": errors name the file and line
-    for column in ("query", "positive"):
-        if row.get(column) is None:
-            raise ValueError(f"{where}: missing `{column}`.")
-
-    def item(value, column: str) -> RimeInput:
-        try:
-            return parse_input(_drop_empty(value), 0)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}, column {column!r}: {error}") from None
-
-    negatives = row.get("negatives")
-    if negatives is None and row.get("negative") is not None:
-        negatives = [row["negative"]]
-    return RolloutPair(
-        query=item(row["query"], "query"),
-        positive=item(row["positive"], "positive"),
-        query_instruction=row.get("query_instruction"),
-        positive_instruction=row.get("positive_instruction"),
-        negatives=[item(n, f"negatives[{k}]") for k, n in enumerate(negatives or [])],
-    )
+        across = self.args.gather_candidates_across_devices
+        return self._candidates.merge([c.key for c in candidates], anchors, across_processes=across)
 
 
 __all__ = ["RimeRefineRLTrainer", "check_trl_version"]

@@ -62,6 +62,11 @@ except ImportError:  # pragma: no cover
     from transformers import PretrainedConfig as PreTrainedConfig
 
 
+# The two embedding modes, the two sides of a retrieval pair and the tokens that close an assistant turn: declared
+# here once (this file ships with every export) and imported everywhere else.
+MODES = ("disc", "gen")
+ROLES = ("query", "document")
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
 DISC_EMB_TOKEN = "<disc_emb>"
 GEN_EMB_TOKEN = "<gen_emb>"
 REWRITE_START = "<rewrite>"
@@ -230,10 +235,6 @@ class RimeConfig(PreTrainedConfig):
 
     def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
         return self.vlm_config.get_text_config(*args, **kwargs)
-
-    def formatted_gen_instruction(self) -> str:
-        """`gen_instruction` with the token and tag placeholders filled in."""
-        return format_gen_instruction(self.gen_instruction, self.rewrite_start, self.rewrite_end, self.gen_emb_token)
 
 
 # RIME's own settings: the fields RimeConfig declares on top of the base config (`dtype`, `return_dict`, ... are the

@@ -317,6 +317,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 __all__ = [
     "BLANK_IMAGE_SIZE",
+    "DICT_KEYS",
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "RimeInput",

@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
+from .configuration_rime import MODES, ROLES
+from .generation_rime import check_decoding
 from .inputs_rime import RimeInput, parse_input
-from .modeling_rime import check_decoding
-from .processing_rime import MODES, ROLES, PreparedItem, check_choice
+from .processing_rime import PreparedItem, check_choice
 
 
 PIPELINE_TASKS = ("feature-extraction", "image-feature-extraction")

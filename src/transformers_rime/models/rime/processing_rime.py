@@ -19,9 +19,12 @@ from .configuration_rime import (
     DEFAULT_GEN_INSTRUCTION,
     DEFAULT_QUERY_INSTRUCTION,
     DISC_EMB_TOKEN,
+    END_OF_TURN_TOKENS,
     GEN_EMB_TOKEN,
+    MODES,
     REWRITE_END,
     REWRITE_START,
+    ROLES,
     TEXT_ONLY_IMAGES,
     format_gen_instruction,
     published_settings,
@@ -34,9 +37,6 @@ from .video_rime import VIDEO_FPS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, video_gri
 logger = logging.get_logger(__name__)
 
 
-MODES = ("disc", "gen")
-ROLES = ("query", "document")
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
 # the processor attributes that come from the model's RimeConfig (see `adopt_config`)
 PROMPT_FIELDS = (
     "query_instruction",
@@ -62,7 +62,7 @@ PROCESSOR_KWARGS = (
 )
 # Chat-template tokens a user's text may not contain: they would break the prompt's structure (the media, embedding
 # and rewrite tokens are reserved too; see `RimeProcessor.reserved_tokens`).
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>")
+CHAT_TOKENS = ("<|im_start|>", *END_OF_TURN_TOKENS, "<|vision_start|>", "<|vision_end|>")
 # Backbones whose video input this processor reproduces (Qwen3-VL's puts timestamps in the text: not reproduced).
 VIDEO_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
 

@@ -38,9 +38,9 @@ from packaging.version import Version
 from sentence_transformers.base.modules.input_module import InputModule
 from transformers import AutoModel, AutoProcessor
 
-from .configuration_rime import SUPPORTED_SENTENCE_TRANSFORMERS
+from .configuration_rime import MODES, ROLES, SUPPORTED_SENTENCE_TRANSFORMERS
 from .inputs_rime import RimeInput, parse_input
-from .processing_rime import MODES, ROLES, check_choice
+from .processing_rime import check_choice
 
 
 # what the model's forward / generate_embeddings take from a processed batch
