@@ -12,6 +12,8 @@ extras = {
     "rl": ["trl>=1.16.0,<1.17"],
     "eval": ["faiss-cpu>=1.8", "pyarrow>=15"],
     "flash": ["flash-attn>=2.6"],
+    # `rime serve`: LitServe batches the requests, prometheus-client exports the metrics
+    "serve": ["litserve==0.2.19", "prometheus-client>=0.20"],
     "quality": ["ruff>=0.6"],
     "testing": ["pytest>=8", "pytest-timeout>=2.3"],
     # the versions the README's LangChain / LlamaIndex / chromadb recipes are tested with (tests/test_integrations.py);
@@ -32,6 +34,9 @@ extras["dev"] = sorted(
         *extras["train"],
         *extras["rl"],
         *extras["eval"],
+        *extras["serve"],
+        # the serving tests call the server with the official client, as applications do
+        "openai>=1.40",
         # the peer test (tests/models/test_ume_r1_peer.py) compares against mteb's own UME-R1 wrapper
         "mteb==2.26.0",
     }

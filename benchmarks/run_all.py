@@ -7,6 +7,8 @@
 - `bench_core.py`: disc vs the raw backbone forward, gen vs plain `generate` and vs `generate(output_hidden_states)`;
 - `bench_cached_gradient.py`: cached-gradient vs plain training steps (time and peak memory);
 - `bench_refine_rl.py`: the share of a GRPO step spent on the anchor-retrieval reward;
+- `load_test_serve.py`: `rime serve` under concurrent clients (throughput and latency against in-process encoding,
+  every answer checked) and under overload (503 with `Retry-After`, no timeouts); needs the `serve` extra;
 - with `--gpu` only, `bench_gpu.py`: disc prefill MFU, gen throughput and items/s per mode on a CUDA GPU
   (with `--quick`: batch sizes 1 and 8, 16 new tokens, 2 repeats).
 
@@ -30,6 +32,7 @@ def commands(quick: bool, gpu: bool = False) -> list[list[str]]:
         ["bench_core.py", "--repeats", "2" if quick else "5", "--new-tokens", "16" if quick else "64"],
         ["bench_cached_gradient.py", "--batch-sizes", *(["64"] if quick else ["64", "256"]), "--max-uncached", "256"],
         ["bench_refine_rl.py"],
+        ["load_test_serve.py", "--requests", "64" if quick else "256"],
     ]
     if gpu:  # needs CUDA, so never part of the default (CPU) run
         quick_flags = ["--batch-sizes", "1", "8", "--new-tokens", "16", "--repeats", "2"]

@@ -1,13 +1,17 @@
-"""The `rime` command: `rime demo`, `rime encode`, `rime search`, `rime eval`, `rime export`.
+"""The `rime` command: `rime demo`, `encode`, `search`, `index`, `eval`, `export` and `serve`.
 
 ```
 rime demo [--fast]                         # offline quickstart: train, evaluate in all four mode pairs, reload
 rime encode --model DIR --mode gen --role query --output q.npy "a red car" photo.jpg
 rime search --model DIR --queries queries.txt --corpus corpus.txt --query-mode gen --corpus-mode disc
+rime index --model DIR --corpus corpus.jsonl --output-dir IDX [--mode disc|gen] [--shard-size 1024]
+           [--index-type flat|hnsw|ivf] [--overwrite]   # resumable, sharded; under torchrun split across processes
+rime search --model DIR --index IDX --queries queries.jsonl|queries.txt [--query-mode gen] [--top-k 10]
 rime eval --model DIR --tasks my_task/ other_tasks/ --output-dir eval-out [--query-modes gen --corpus-modes disc]
 rime eval --model DIR --mmeb-v2 /data/MMEB-V2 --mmeb-tasks MSCOCO_t2i ViDoRe_docvqa --output-dir mmeb-out
 rime export --model leafyseay/RIME-2B --output-dir rime-2b [--preset rime|ume-r1] [--prompt-from RIME-Train/]
             [--results results.json] [--push-to-hub user/rime-2b] [--overwrite]
+rime serve --model DIR --port 8000 [--api-key KEY] [--max-batch-size 8 --max-wait-ms 10]   # OpenAI-compatible
 ```
 
 Inputs given on the command line or in files (one per line) are texts, or image paths when they end in an image
@@ -29,6 +33,7 @@ import uuid
 from pathlib import Path
 
 from .models.rime.configuration_rime import MODES, PRESETS, ROLES
+from .serving.command import add_serve_arguments, run_serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +59,60 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the (N, D) float32 .npy array: exactly this path (folder created if missing)",
     )
 
-    search = commands.add_parser("search", help="rank a corpus for each query; prints JSON lines")
+    search = commands.add_parser(
+        "search", help="rank a corpus (or search a `rime index`) for each query; prints JSON lines"
+    )
     _add_model_arguments(search)
-    search.add_argument("--queries", type=Path, required=True, help="one query per line")
-    search.add_argument("--corpus", type=Path, required=True, help="one document per line")
+    search.add_argument(
+        "--queries",
+        type=Path,
+        required=True,
+        help="one query per line; with --index also a .jsonl of items (JSON strings or objects with text, image, "
+        "images, video and an optional id; relative paths from the file's folder)",
+    )
+    corpus_or_index = search.add_mutually_exclusive_group(required=True)
+    corpus_or_index.add_argument("--corpus", type=Path, help="one document per line, embedded for this search")
+    corpus_or_index.add_argument(
+        "--index", type=Path, metavar="IDX", help="an index folder `rime index` built (hits name the corpus ids)"
+    )
     search.add_argument("--query-mode", choices=MODES, default="disc")
-    search.add_argument("--corpus-mode", choices=MODES, default="disc")
+    search.add_argument(
+        "--corpus-mode", choices=MODES, default=None, help="with --corpus (default disc); an index keeps its own"
+    )
     search.add_argument("--top-k", type=_at_least(1), default=10, help="hits per query (>= 1)")
+
+    index = commands.add_parser(
+        "index",
+        help="embed a JSON-lines corpus into a resumable, sharded index with FAISS (torchrun splits the shards)",
+        description="Embed a corpus of any size shard by shard into --output-dir, then build a FAISS index over it. "
+        "Each shard is written whole; a killed run resumes where it stopped (also with another number of "
+        "processes); a changed model or changed settings are refused unless --overwrite. Under torchrun / "
+        "accelerate launch the shards are split across the processes (on several machines, --output-dir must be "
+        "shared). Corpus lines are JSON objects: an 'id' (unique) and any of text, image, images, video, with "
+        "relative paths resolved against the corpus file's folder. Search it with `rime search --index`.",
+    )
+    _add_model_arguments(index)
+    index.add_argument("--corpus", type=Path, required=True, help="the corpus, a .jsonl file (one item per line)")
+    index.add_argument("--output-dir", type=Path, required=True, help="the index folder (resumed when it exists)")
+    index.add_argument("--mode", choices=MODES, default="disc")
+    index.add_argument("--role", choices=ROLES, default="document")
+    index.add_argument(
+        "--shard-size", type=_at_least(1), default=1024, help="items per shard: the unit of resumption and of memory"
+    )
+    index.add_argument(
+        "--index-type",
+        choices=("flat", "hnsw", "ivf"),
+        default="flat",
+        help="flat: exact search (IndexFlatIP); hnsw or ivf: approximate, for corpora in the millions (their "
+        "recall@10 against exact search is printed and recorded in the manifest)",
+    )
+    index.add_argument("--nlist", type=_at_least(1), help="IVF lists (default 4 sqrt(N), at most N / 39)")
+    index.add_argument("--nprobe", type=_at_least(1), help="IVF lists searched per query (default nlist / 8)")
+    index.add_argument("--hnsw-m", type=_at_least(2), default=32, help="HNSW links per node")
+    index.add_argument("--ef-search", type=_at_least(1), default=128, help="HNSW search breadth")
+    index.add_argument(
+        "--overwrite", action="store_true", help="rebuild an index made with another model or other settings"
+    )
 
     evaluation = commands.add_parser(
         "eval",
@@ -118,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         help="training data (RIME-Train / UME-R1 SFT or RL files or folder) to recover the generation prompt from",
     )
 
+    serve = commands.add_parser("serve", help="serve the model on an OpenAI-compatible /v1/embeddings endpoint")
+    add_serve_arguments(serve, _at_least)
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.output_dir, args.fast)
@@ -127,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_export(args)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "index":
+        return run_index(args)
+    if args.command == "serve":
+        return run_serve(args)
     return run_search(args)
 
 
@@ -331,6 +390,9 @@ def _report_mmeb(results: dict, output_dir: Path) -> None:
 
 
 def run_search(args) -> int:
+    if args.index is not None:
+        return run_index_search(args)
+    args.corpus_mode = args.corpus_mode or "disc"
     try:
         queries, corpus = _read_lines(args.queries), _read_lines(args.corpus)
     except OSError as error:
@@ -361,6 +423,103 @@ def run_search(args) -> int:
                 }
             )
         )
+    return 0
+
+
+def run_index(args) -> int:
+    from .corpus_index import IndexSettingsError, check_index_folder, index_corpus
+
+    try:
+        with open(args.corpus, "rb"):
+            pass
+    except OSError as error:
+        return _refuse("index", f"--corpus {args.corpus}: {error.strerror or error}")
+    if args.corpus.is_dir():
+        return _refuse("index", f"--corpus {args.corpus} is a folder, not a .jsonl file")
+    problem = _output_folder_problem(args.output_dir)
+    if problem:
+        return _refuse("index", f"--output-dir {args.output_dir}: {problem}")
+    try:  # what can be compared before the model loads (the model's fingerprint is compared after)
+        check_index_folder(
+            args.output_dir, {"mode": args.mode, "role": args.role, "shard_size": args.shard_size}, args.overwrite
+        )
+    except (IndexSettingsError, ValueError) as error:
+        return _refuse("index", str(error))
+    device, main_process, state = args.device, True, None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun / accelerate launch: one device per process
+        from accelerate import PartialState
+
+        state = PartialState()
+        device, main_process = device or str(state.device), state.is_main_process
+    try:
+        encoder = _load_encoder(args, device)
+        manifest = index_corpus(
+            encoder,
+            args.corpus,
+            args.output_dir,
+            mode=args.mode,
+            role=args.role,
+            shard_size=args.shard_size,
+            index_type=args.index_type,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+            hnsw_m=args.hnsw_m,
+            ef_search=args.ef_search,
+            overwrite=args.overwrite,
+            **_budget(args),
+        )
+    except (ValueError, FileNotFoundError, TypeError, FloatingPointError, ImportError) as error:
+        # a bad corpus line (named as corpus.jsonl:LINE) or settings that differ from the index's
+        return _refuse("index", str(error)) if main_process else 2
+    finally:
+        if state is not None:
+            state.destroy_process_group()  # a process that exits with a live gloo group can abort (SIGABRT)
+    if manifest is not None:
+        faiss = manifest["faiss"]
+        recall = f", recall@10 {faiss['recall_at_10']:.4f} against exact search" if "recall_at_10" in faiss else ""
+        print(
+            f"indexed {manifest['corpus']['items']} items ({manifest['corpus']['shards']} shards, "
+            f"{manifest['settings']['mode']} mode) into {args.output_dir}: {faiss['type']} FAISS index{recall}"
+        )
+    return 0
+
+
+def run_index_search(args) -> int:
+    from .corpus_index import CorpusIndex, embed_lines, read_queries
+
+    try:
+        index = CorpusIndex.load(args.index)
+    except (ValueError, OSError, ImportError) as error:
+        return _refuse("search", f"--index {args.index}: {error}")
+    if args.corpus_mode is not None and args.corpus_mode != index.mode:
+        return _refuse("search", f"--corpus-mode {args.corpus_mode}: {args.index} was embedded in {index.mode} mode")
+    try:
+        queries = read_queries(args.queries)
+    except OSError as error:
+        return _refuse("search", f"--queries {args.queries}: {error.strerror or error}")
+    except ValueError as error:
+        return _refuse("search", str(error))
+    if not queries:
+        return _refuse("search", f"--queries {args.queries} holds no queries")
+    encoder = _load_encoder(args, args.device)
+    try:
+        index.check_encoder(encoder)  # the queries must be embedded by the corpus's model
+        embeddings, _ = embed_lines(
+            encoder,
+            [item for _, _, item, _ in queries],
+            [where for where, _, _, _ in queries],
+            mode=args.query_mode,
+            role="query",
+            **_budget(args),
+        )
+    except (ValueError, FileNotFoundError, TypeError, FloatingPointError) as error:
+        return _refuse("search", str(error))
+    for (_, query_id, _, shown), row in zip(queries, index.search(embeddings, args.top_k)):
+        line = {"query": shown} if query_id is None else {"query": shown, "query_id": query_id}
+        line["hits"] = [
+            {"corpus_id": h.corpus_id, "document": index.document(h.position), "score": round(h.score, 6)} for h in row
+        ]
+        print(json.dumps(line))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Content fingerprints: equal inputs, weights or task data hash alike, whatever object holds them.
 
-They key the Refine-RL candidate pools (one entry per distinct candidate) and the evaluation cache (a changed model,
-processor or task never reuses old embeddings).
+They key the Refine-RL candidate pools (one entry per distinct candidate), the evaluation cache and corpus indexes (a
+changed model, processor or task never reuses old embeddings).
 """
 
 from __future__ import annotations
@@ -69,4 +69,23 @@ def model_fingerprint(model: torch.nn.Module, *extra: str) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["item_fingerprint", "model_fingerprint"]
+def encoder_fingerprint(encoder) -> str:
+    """A hash of everything that shapes the encoder's embeddings, whatever mode and budget they are made with.
+
+    That is the weights, the model's configuration (tokens, pooling, normalisation, prompts, default rewrite budget),
+    its generation configuration (end-of-sequence ids), and the processor's saved configuration (instructions, tags,
+    pixel budget, video settings) with its chat template. The rewrite budget a gen-mode run actually uses is part of
+    that side's cache key (see `effective_max_new_tokens`).
+    """
+    model, processor = encoder.model, encoder.processor
+    generation_config = getattr(getattr(model, "vlm", model), "generation_config", None)
+    return model_fingerprint(
+        model,
+        model.config.to_json_string(),
+        generation_config.to_json_string() if generation_config is not None else "",
+        processor.to_json_string() if hasattr(processor, "to_json_string") else "",
+        getattr(processor, "chat_template", None) or "",
+    )
+
+
+__all__ = ["encoder_fingerprint", "item_fingerprint", "model_fingerprint"]

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..files import write_atomically, write_bytes, write_json
-from ..fingerprints import model_fingerprint
+from ..fingerprints import encoder_fingerprint
 from ..model_card import results_table
 from ..models.rime.configuration_rime import MODES
 from .plot import plot_results
@@ -38,25 +38,6 @@ from .tasks import DEFAULT_METRICS, RetrievalTask, compute_metric
 
 
 logger = logging.get_logger(__name__)
-
-
-def encoder_fingerprint(encoder) -> str:
-    """A hash of everything that shapes the encoder's embeddings, whatever mode and budget they are made with.
-
-    That is the weights, the model's configuration (tokens, pooling, normalisation, prompts, default rewrite budget),
-    its generation configuration (end-of-sequence ids), and the processor's saved configuration (instructions, tags,
-    pixel budget, video settings) with its chat template. The rewrite budget a gen-mode run actually uses is part of
-    that side's cache key (see `effective_max_new_tokens`).
-    """
-    model, processor = encoder.model, encoder.processor
-    generation_config = getattr(getattr(model, "vlm", model), "generation_config", None)
-    return model_fingerprint(
-        model,
-        model.config.to_json_string(),
-        generation_config.to_json_string() if generation_config is not None else "",
-        processor.to_json_string() if hasattr(processor, "to_json_string") else "",
-        getattr(processor, "chat_template", None) or "",
-    )
 
 
 def effective_max_new_tokens(encoder, max_new_tokens: int | None) -> int:
