@@ -355,21 +355,20 @@ class RimeEncoder:
         prepared = self.prepare(items, "gen", role, instruction, max_length)
         self._check_call(batch_size, "gen", max_new_tokens, generate_kwargs)
         _, outputs = self._embed(prepared, "gen", batch_size, show_progress_bar, role, max_new_tokens, generate_kwargs)
-        tokenizer = self.processor.tokenizer
-        results = []
-        for output, row in outputs:
-            n = int(output.num_new_tokens[row])
-            rewrite_length = n - int(output.finished[row])  # the tokens before <gen_emb>
-            results.append(
-                RimeGeneration(
-                    text=tokenizer.decode(output.sequences[row, :rewrite_length], skip_special_tokens=True),
-                    finished=bool(output.finished[row]),
-                    num_new_tokens=n,
-                    embedding=output.embeddings[row].float().cpu().numpy(),
-                    disc_embedding=output.disc_embeddings[row].float().cpu().numpy(),
-                )
-            )
+        results = [self.generation(output, row) for output, row in outputs]
         return results[0] if single else results
+
+    def generation(self, output, row: int) -> RimeGeneration:
+        """Row `row` of a `RimeGenerationOutput` as a [`RimeGeneration`]: the rewrite decoded, both embeddings."""
+        n = int(output.num_new_tokens[row])
+        rewrite_length = n - int(output.finished[row])  # the tokens before <gen_emb>
+        return RimeGeneration(
+            text=self.processor.tokenizer.decode(output.sequences[row, :rewrite_length], skip_special_tokens=True),
+            finished=bool(output.finished[row]),
+            num_new_tokens=n,
+            embedding=output.embeddings[row].float().cpu().numpy(),
+            disc_embedding=output.disc_embeddings[row].float().cpu().numpy(),
+        )
 
     def rewrite_budget(self, max_new_tokens: int | None = None) -> int:
         """The rewrite budget gen mode runs with: `max_new_tokens`, else the model config's default."""

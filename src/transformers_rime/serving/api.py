@@ -15,7 +15,7 @@ import litserve as ls
 import numpy as np
 from fastapi.responses import JSONResponse
 
-from ..encoder import RimeEncoder
+from ..encoder import RimeEncoder, RimeGeneration
 from ..models.rime.processing_rime import PreparedItem
 from .requests import EmbeddingRequest, RequestError, ServeLimits, parse_request
 
@@ -122,7 +122,7 @@ class RimeEmbeddingAPI(ls.LitAPI):
                 key = (work.request.mode, work.request.max_new_tokens)
                 groups.setdefault(key, []).extend((request_index, i) for i in range(len(work.prepared)))
         vectors: dict[tuple[int, int], np.ndarray] = {}
-        generations: dict[tuple[int, int], tuple[str, bool, int]] = {}
+        generations: dict[tuple[int, int], RimeGeneration] = {}
         for (mode, budget), members in groups.items():
             prepared = [batch[r].prepared[i] for r, i in members]
             embeddings, outputs = self.encoder._embed(
@@ -132,10 +132,10 @@ class RimeEmbeddingAPI(ls.LitAPI):
             for position, member in enumerate(members):
                 vectors[member] = embeddings[position]
                 if mode == "gen":
-                    generations[member] = self._generation(*outputs[position])
+                    generations[member] = self.encoder.generation(*outputs[position])
             self.log("rime_items", (mode, len(members)))
             if mode == "gen":
-                self.log("rime_generated_tokens", sum(generations[m][2] for m in members))
+                self.log("rime_generated_tokens", sum(generations[m].num_new_tokens for m in members))
         self.log("rime_batch_requests", len(batch))
         results = []
         for request_index, work in enumerate(batch):
@@ -149,20 +149,11 @@ class RimeEmbeddingAPI(ls.LitAPI):
                     request=work.request,
                     embeddings=np.stack([vectors[m] for m in members]),
                     prompt_tokens=sum(item.num_tokens for item in work.prepared),
-                    generated_tokens=sum(g[2] for g in gen) if gen else 0,
-                    rewrites=[(text, finished) for text, finished, _ in gen] if gen else None,
+                    generated_tokens=sum(g.num_new_tokens for g in gen) if gen else 0,
+                    rewrites=[(g.text, g.finished) for g in gen] if gen else None,
                 )
             )
         return results
-
-    def _generation(self, output, row) -> tuple[str, bool, int]:
-        """The rewrite text, whether the model finished it, and the tokens it generated."""
-        n = int(output.num_new_tokens[row])
-        rewrite_length = n - int(output.finished[row])
-        text = self.encoder.processor.tokenizer.decode(
-            output.sequences[row, :rewrite_length], skip_special_tokens=True
-        )
-        return text, bool(output.finished[row]), n
 
     def unbatch(self, output):
         return list(output)
