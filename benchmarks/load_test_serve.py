@@ -16,10 +16,6 @@ Three phases, each bounded in requests and in time (`--max-seconds`):
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,41 +25,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from transformers_rime.serving.process import start_server, stop_server
 
 
-def start_server(model: str, max_in_flight: int, args, log_path: Path):
-    port = free_port()
-    command = [sys.executable, "-m", "transformers_rime.cli", "serve", "--model", model, "--port", str(port)]
-    command += ["--accelerator", args.device, "--devices", "1", "--max-in-flight", str(max_in_flight)]
-    command += ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
-    command += ["--encode-batch-size", str(args.encode_batch_size), "--timeout", str(args.max_seconds)]
-    log = open(log_path, "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the server exited: " + log_path.read_text()[-2000:])
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the server did not become ready in 300 s")
-
-
-def stop(process) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+def launch(model: str, max_in_flight: int, args, log_path: Path):
+    flags = ["--accelerator", args.device, "--devices", "1", "--max-in-flight", str(max_in_flight)]
+    flags += ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    flags += ["--encode-batch-size", str(args.encode_batch_size), "--timeout", str(args.max_seconds)]
+    return start_server(model, *flags, log_path=log_path, ready_timeout=300)
 
 
 def run_clients(base: str, bodies: list[dict], clients: int, max_seconds: float):
@@ -133,12 +102,12 @@ def main() -> int:
     baseline = dict(zip(used, encoder.encode(used, batch_size=args.encode_batch_size)))
     baseline_items_per_s = len(used) / (time.perf_counter() - start)
 
-    process, base = start_server(model, max(args.clients, args.requests), args, scratch / "load.log")
+    process, base = launch(model, max(args.clients, args.requests), args, scratch / "load.log")
     try:
         run_clients(base, bodies[: args.clients], args.clients, args.max_seconds)  # warm-up
         results, wall = run_clients(base, bodies, args.clients, args.max_seconds)
     finally:
-        stop(process)
+        stop_server(process)
     done = [(body, result) for body, result in zip(bodies, results) if result[0] == 200]
     wrong = 0
     for body, (_, _, payload, _) in done:
@@ -150,13 +119,13 @@ def main() -> int:
 
     overload_body = {"input": used[:2], "mode": "gen", "max_new_tokens": args.gen_tokens}
     expected_gen = encoder.encode(used[:2], mode="gen", max_new_tokens=args.gen_tokens)
-    process, base = start_server(model, args.overload_in_flight, args, scratch / "overload.log")
+    process, base = launch(model, args.overload_in_flight, args, scratch / "overload.log")
     try:
         overload, overload_wall = run_clients(
             base, [overload_body] * (2 * args.requests // 4), 2 * args.clients, args.max_seconds
         )
     finally:
-        stop(process)
+        stop_server(process)
     statuses = [r[0] for r in overload]
     ok_gen = [r for r in overload if r[0] == 200]
     wrong_gen = sum(

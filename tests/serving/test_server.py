@@ -10,11 +10,10 @@ import base64
 import io
 import os
 import signal
-import socket
-import subprocess
-import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,6 +22,7 @@ import pytest
 from PIL import Image
 
 from transformers_rime import RimeEncoder
+from transformers_rime.serving.process import start_server, stop_server
 from transformers_rime.testing import random_image, tiny_rime_model, tiny_rime_processor
 
 
@@ -37,42 +37,12 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder, *flags):
-    """Start `rime serve` on the model in `folder` and wait until it is ready; return (process, base URL)."""
-    port = free_port()
-    command = [sys.executable, "-m", "transformers_rime.cli", "serve", "--model", str(folder / "model")]
-    command += ["--port", str(port), "--accelerator", "cpu", "--devices", "1", *flags]
-    metrics = folder / f"metrics-{port}"
-    metrics.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
-    log_path = folder / f"server-{port}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server not ready: " + log_path.read_text()[-3000:]
-        time.sleep(0.5)
-
-
-def stop_server(process) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+def launch(folder, *flags):
+    """Start a server on the model in `folder` (CPU, one worker) with its own metrics folder and log."""
+    port_folder = Path(tempfile.mkdtemp(dir=folder))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROMETHEUS_MULTIPROC_DIR": str(port_folder)}
+    flags = ("--accelerator", "cpu", "--devices", "1", *flags)
+    return start_server(folder / "model", *flags, log_path=port_folder / "server.log", env=env)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +60,7 @@ def served(model_folder):
     media.mkdir()
     random_image(50, 40, seed=9).save(media / "local.png")
     flags = ["--api-key", API_KEY, "--max-batch-size", "4", "--max-wait-ms", "20", "--media-root", str(media)]
-    process, base = start_server(model_folder, *flags, *LIMITS)
+    process, base = launch(model_folder, *flags, *LIMITS)
     yield base, RimeEncoder.from_pretrained(model_folder / "model", device="cpu"), media
     stop_server(process)
 
@@ -261,7 +231,7 @@ def test_metrics(served):
 
 def test_sigterm_finishes_the_requests_already_accepted(model_folder, served):
     _, encoder, _ = served
-    process, base = start_server(model_folder)
+    process, base = launch(model_folder)
     body = {"input": ["x"] * 6, "mode": "gen", "max_new_tokens": 1000}
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post, base, body, None)
