@@ -57,23 +57,9 @@ def test_a_changed_or_missing_method_is_named_with_both_signatures_and_the_trl_v
 
 
 def test_grpo_trainer_sets_the_attributes_the_trainer_reads(tmp_path):
-    from transformers_rime.testing import color_object_pairs, tiny_rime_model, tiny_rime_processor
-    from transformers_rime.training import RimeRefineRLConfig, RimeRefineRLTrainer
+    from training.test_trainer_refine_rl import make_trainer
+    from transformers_rime.testing import color_object_pairs, tiny_rime_processor
 
-    processor = tiny_rime_processor()
-    args = RimeRefineRLConfig(
-        str(tmp_path),
-        max_steps=1,
-        per_device_train_batch_size=4,
-        num_generations=2,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        beta=0.0,
-    )
-    trainer = RimeRefineRLTrainer(
-        tiny_rime_model(processor=processor), args, train_dataset=color_object_pairs(4), processing_class=processor
-    )
+    trainer = make_trainer(tmp_path, tiny_rime_processor(), rows=color_object_pairs(4), max_steps=1)
     missing = [name for name in GRPO_TRAINER_ATTRIBUTES if not hasattr(trainer, name)]
     assert not missing, f"trl {trl.__version__}: GRPOTrainer no longer sets {missing}; update training/trl_compat.py"
