@@ -8,7 +8,7 @@ import torch
 
 from transformers_rime import RimeEncoder, SearchHit
 from transformers_rime.inputs import is_image_path, parse_input
-from transformers_rime.testing import random_image, tiny_rime_model, tiny_rime_processor
+from transformers_rime.testing import ForcedTokens, random_image, tiny_rime_model, tiny_rime_processor
 
 
 @pytest.fixture
@@ -176,3 +176,86 @@ def test_generate_returns_rewrites_and_both_embeddings(encoder, image):
 def test_empty_list_gives_an_empty_array(encoder):
     assert encoder.encode([]).shape == (0, encoder.embedding_dim)
     assert encoder.search([], ["a"], top_k=3) == []
+
+
+def test_encode_with_rewrites_reproduces_gen_mode_from_the_generated_tokens(encoder, image):
+    items = ["a red car", {"text": "what is shown?", "image": image}, "cat " * 30, "tea"]
+    gen_id = encoder.processor.gen_emb_token_id
+    width = encoder.processor(text=items[:1], mode="gen", role="query", return_tensors="pt")["input_ids"].shape[1]
+    # alone in its batch, the first item is made to end its rewrite after two tokens; the others hit the budget
+    finish = ForcedTokens(width, [40, 30, gen_id])
+    generations = [encoder.generate(items[0], max_new_tokens=5, logits_processor=[finish])]
+    generations += encoder.generate(items[1:], max_new_tokens=5, batch_size=2)
+    assert [g.finished for g in generations] == [True, False, False, False]
+    assert [len(g.token_ids) for g in generations] == [g.num_new_tokens - g.finished for g in generations]
+    assert generations[0].token_ids == (40, 30)
+    forced = encoder.encode_with_rewrites(items, [g.token_ids for g in generations], batch_size=3)
+    assert forced.shape == (4, encoder.embedding_dim) and forced.dtype == np.float32
+    np.testing.assert_allclose(forced, np.stack([g.embedding for g in generations]), atol=1e-5)
+    np.testing.assert_allclose(forced[1:], encoder.encode(items[1:], mode="gen", max_new_tokens=5), atol=1e-5)
+    as_tensors = [torch.tensor(g.token_ids) for g in generations]
+    tensor = encoder.encode_with_rewrites(items, as_tensors, batch_size=1, convert_to="tensor")
+    assert isinstance(tensor, torch.Tensor)
+    np.testing.assert_allclose(tensor.numpy(), forced, atol=1e-5)  # batches do not change an embedding
+
+
+def test_a_text_rewrite_is_tagged_and_tokenized_as_in_training(encoder):
+    from transformers_rime.teacher_forcing import rewrite_target_ids
+
+    items = ["a red car", "a black cat"]
+    target = rewrite_target_ids(encoder.processor, "a noisy picture")  # ends with <gen_emb>
+    width = encoder.processor(text=items, mode="gen", role="query", return_tensors="pt")["input_ids"].shape[1]
+    force = ForcedTokens(width, target)
+    generations = encoder.generate(items, max_new_tokens=len(target), logits_processor=[force])
+    assert all(g.finished and g.text == "<rewrite>a noisy picture</rewrite>" for g in generations)
+    expected = np.stack([g.embedding for g in generations])
+    for rewrites in (["a noisy picture"] * 2, [g.text for g in generations], [g.token_ids for g in generations]):
+        np.testing.assert_allclose(encoder.encode_with_rewrites(items, rewrites), expected, atol=1e-5)
+
+
+def test_a_removed_rewrite_reads_gen_emb_right_after_the_prompt(encoder, model):
+    items = ["a red car", "a black cat", "tea"]
+    removed = encoder.encode_with_rewrites(items, [None, "", []])
+    prompt = encoder.processor(text=["a red car"], mode="gen", role="query", return_tensors="pt")
+    ids = torch.cat([prompt["input_ids"], torch.tensor([[encoder.processor.gen_emb_token_id]])], dim=1)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), return_gen_embeddings=True)
+    np.testing.assert_allclose(removed[0], out.gen_embeddings[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(removed[1], encoder.encode_with_rewrites(["a black cat"], [None])[0], atol=1e-5)
+    assert not np.allclose(removed[0], encoder.encode_with_rewrites(["a red car"], ["red car"])[0], atol=1e-3)
+    assert encoder.encode_with_rewrites([], []).shape == (0, encoder.embedding_dim)
+
+
+def _image_pad(processor) -> int:
+    return processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "rewrites", "error", "message"),
+    [
+        (["a", "b"], ["x"], ValueError, "2 inputs but 1 rewrites"),
+        ("a", ["x"], TypeError, "a list of items and a list of rewrites"),
+        (["a", 3.5], ["x", "y"], TypeError, "input 1: unsupported input type float"),
+        (["a", "b"], ["x", 5], TypeError, "rewrite 1: a rewrite is a string, a sequence of token ids or None"),
+        (["a", "b"], ["x", "a <|im_end|> b"], ValueError, r"rewrite 1 contains <\|im_end\|>"),
+        (["a", "b"], ["x", lambda p: [5, p.gen_emb_token_id]], ValueError, "rewrite 1: the token ids contain <gen"),
+        (["a", "b"], ["x", lambda p: [5, len(p.tokenizer)]], ValueError, "rewrite 1: token id.*outside the vocab"),
+        (["a", "b"], ["x", lambda p: [_image_pad(p)]], ValueError, "rewrite 1: .*image or video slot"),
+        (["a", "b"], ["x", lambda p: np.zeros((1, 2), int)], ValueError, "rewrite 1: .*one-dimensional"),
+    ],
+)
+def test_bad_rewrites_fail_before_any_model_work(encoder, inputs, rewrites, error, message, monkeypatch):
+    monkeypatch.setattr(encoder.model, "forward", lambda *a, **k: pytest.fail("model work started"))
+    rewrites = [r(encoder.processor) if callable(r) else r for r in rewrites]
+    with pytest.raises(error, match=message):
+        encoder.encode_with_rewrites(inputs, rewrites)
+
+
+def test_a_rewrite_that_makes_the_sequence_too_long_is_named(encoder, monkeypatch):
+    monkeypatch.setattr(encoder.model, "forward", lambda *a, **k: pytest.fail("model work started"))
+    length = encoder.processor(text=["a red car"], mode="gen", role="query", return_tensors="pt")["input_ids"].shape[1]
+    encoder.prepare(["a red car"], "gen", max_length=length + 1)  # the prompt alone fits
+    with pytest.raises(
+        ValueError, match=rf"input 1: with its rewrite the sequence is \d+ tokens.*max_length={length + 1}"
+    ):
+        encoder.encode_with_rewrites(["tea", "a red car"], [None, "a long rewrite of it"], max_length=length + 1)

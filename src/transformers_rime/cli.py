@@ -1,4 +1,4 @@
-"""The `rime` command: `rime demo`, `encode`, `search`, `index`, `eval`, `export` and `serve`.
+"""The `rime` command: `rime demo`, `encode`, `search`, `index`, `eval`, `diagnose`, `export` and `serve`.
 
 ```
 rime demo [--fast]                         # offline quickstart: train, evaluate in all four mode pairs, reload
@@ -9,6 +9,7 @@ rime index --model DIR --corpus corpus.jsonl --output-dir IDX [--mode disc|gen] 
 rime search --model DIR --index IDX --queries queries.jsonl|queries.txt [--query-mode gen] [--top-k 10]
 rime eval --model DIR --tasks my_task/ other_tasks/ --output-dir eval-out [--query-modes gen --corpus-modes disc]
 rime eval --model DIR --mmeb-v2 /data/MMEB-V2 --mmeb-tasks MSCOCO_t2i ViDoRe_docvqa --output-dir mmeb-out
+rime diagnose --model DIR --tasks my_task/ --output-dir diag-out   # does the gen embedding read its rewrite?
 rime export --model leafyseay/RIME-2B --output-dir rime-2b [--preset rime|ume-r1] [--prompt-from RIME-Train/]
             [--results results.json] [--push-to-hub user/rime-2b] [--overwrite]
 rime serve --model DIR --port 8000 [--api-key KEY] [--max-batch-size 8 --max-wait-ms 10]   # OpenAI-compatible
@@ -139,6 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--cache-dir", type=Path, help="embedding cache (default: OUTPUT_DIR/cache)")
     evaluation.add_argument("--benchmark", help="a name for the results")
 
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="rewrite sensitivity: Hit@1 of gen-mode queries with their own rewrite, another query's, or none",
+        description="Measure how much the gen embeddings depend on their rewrites: each query is embedded with the "
+        "rewrite it wrote, with another query's and with none (teacher-forced), and ranks the corpus (disc and gen "
+        "mode). A model whose gen embedding ignores its rewrite shows no drop and cosines near 1. Prints a table "
+        "and writes OUTPUT_DIR/rewrite_sensitivity.json.",
+        epilog=evaluation.epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_arguments(diagnose)
+    diagnose.add_argument(
+        "--tasks", type=Path, nargs="+", required=True, help="task folders, or folders whose subfolders are tasks"
+    )
+    diagnose.add_argument("--output-dir", type=Path, required=True)
+    diagnose.add_argument("--seed", type=int, default=0, help="seeds which query's rewrite each query gets")
+
     export = commands.add_parser(
         "export", help="write a directory for every loader (transformers, sentence-transformers) with a model card"
     )
@@ -182,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_export(args)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "diagnose":
+        return run_diagnose(args)
     if args.command == "index":
         return run_index(args)
     if args.command == "serve":
@@ -374,6 +394,30 @@ def run_eval(args) -> int:
         print(f"Wrote results.json, results.md and results.png to {args.output_dir} ({len(results['tasks'])} tasks).")
     if state is not None:
         state.destroy_process_group()  # a process that exits with a live gloo group can abort (SIGABRT)
+    return 0
+
+
+def run_diagnose(args) -> int:
+    from .evaluation import read_task
+    from .evaluation.sensitivity import check_tasks, format_rewrite_sensitivity, rewrite_sensitivity
+    from .files import write_json
+
+    problem = _output_folder_problem(args.output_dir)
+    if problem:
+        return _refuse("diagnose", f"--output-dir {args.output_dir}: {problem}")
+    try:
+        tasks = [read_task(folder) for folder in _task_folders(args.tasks)]
+        check_tasks(tasks)
+    except (FileNotFoundError, ValueError) as error:
+        return _refuse("diagnose", str(error))
+    encoder = _load_encoder(args, args.device)
+    try:
+        results = rewrite_sensitivity(encoder, tasks, seed=args.seed, **_budget(args))
+    except (ValueError, FileNotFoundError) as error:  # a bad item, named by the encoder
+        return _refuse("diagnose", str(error))
+    path = write_json(args.output_dir / "rewrite_sensitivity.json", results)
+    print(format_rewrite_sensitivity(results))
+    print(f"Wrote {path}.")
     return 0
 
 

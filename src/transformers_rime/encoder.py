@@ -21,6 +21,7 @@ from .models.rime.configuration_rime import MODES, ROLES
 from .models.rime.generation_rime import check_decoding
 from .models.rime.modeling_rime import RimeForEmbedding
 from .models.rime.processing_rime import PROCESSOR_KWARGS, PreparedItem, RimeProcessor, check_choice
+from .teacher_forcing import Rewrite, append_target_tokens, target_ids
 
 
 @dataclass
@@ -37,6 +38,9 @@ class RimeGeneration:
     """Generative embedding, `(dim,)`."""
     disc_embedding: np.ndarray
     """Discriminative embedding of the same item, `(dim,)`."""
+    token_ids: tuple[int, ...] = ()
+    """The rewrite's tokens as generated: the new tokens before `<gen_emb>` (`len == num_new_tokens - finished`).
+    `encode_with_rewrites` takes them to reproduce `embedding` exactly; `text` re-tokenized may split differently."""
 
 
 logger = logging.get_logger(__name__)
@@ -362,13 +366,101 @@ class RimeEncoder:
         """Row `row` of a `RimeGenerationOutput` as a [`RimeGeneration`]: the rewrite decoded, both embeddings."""
         n = int(output.num_new_tokens[row])
         rewrite_length = n - int(output.finished[row])  # the tokens before <gen_emb>
+        tokens = output.sequences[row, :rewrite_length]
         return RimeGeneration(
-            text=self.processor.tokenizer.decode(output.sequences[row, :rewrite_length], skip_special_tokens=True),
+            text=self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
             finished=bool(output.finished[row]),
             num_new_tokens=n,
             embedding=output.embeddings[row].float().cpu().numpy(),
             disc_embedding=output.disc_embeddings[row].float().cpu().numpy(),
+            token_ids=tuple(tokens.tolist()),
         )
+
+    def encode_with_rewrites(
+        self,
+        inputs: list,
+        rewrites: list[Rewrite],
+        role: str = "query",
+        instruction: str | None = None,
+        batch_size: int = 8,
+        show_progress_bar: bool | None = None,
+        convert_to: str = "numpy",
+        max_length: int | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Gen embeddings of items with given rewrites, teacher-forced: nothing is generated.
+
+        Each item becomes its gen-mode prompt, then `rewrites[i]`, then `<gen_emb>`, the sequence stage-1 training
+        builds (`transformers_rime.teacher_forcing`); one forward pass reads the embedding at that `<gen_emb>`. With
+        the rewrite the model wrote itself, given as its token ids (`RimeGeneration.token_ids`), this is the
+        embedding `encode(..., mode="gen")` returns (up to float rounding); with another rewrite, it measures how
+        much the embedding depends on the rewrite (`transformers_rime.evaluation.rewrite_sensitivity`).
+
+        Every item and rewrite is checked before any model work: errors name `input i` or `rewrite i`, the index in
+        the caller's lists.
+
+        Args:
+            inputs (`list`): the items, as in `encode` (a list, even of one).
+            rewrites (`list`): one per item, `len(rewrites) == len(inputs)`:
+                - token ids (a list, tuple, 1-D array or tensor of ints), the rewrite as the model wrote it, before
+                  its `<gen_emb>`: used as they are, so a generated rewrite is reproduced exactly;
+                - a `str`, tagged and tokenized as training does (plain text is wrapped in the rewrite tags; text that
+                  starts with a tag is kept verbatim). Decoding a generated rewrite and tokenizing it again may give
+                  other tokens, hence another embedding: pass `RimeGeneration.token_ids` to reproduce one;
+                - `None` or `""`: the rewrite removed, `<gen_emb>` right after the prompt.
+            role / instruction: as in `encode`.
+            batch_size (`int`): items per forward pass; items are sorted by sequence length (prompt and rewrite).
+            show_progress_bar: as in `encode`.
+            convert_to (`str`): `"numpy"` (float32 array) or `"tensor"` (torch, on the model's device).
+            max_length (`int`, *optional*): refuse sequences (prompt, rewrite and `<gen_emb>`) longer than this many
+                tokens (default: the backbone's context length).
+
+        Returns:
+            Gen embeddings of shape `(len(inputs), dim)`, normalised like `encode`'s.
+
+        Example:
+
+        ```python
+        >>> from transformers_rime.testing import tiny_rime_model, tiny_rime_processor
+        >>> processor = tiny_rime_processor()
+        >>> encoder = RimeEncoder(tiny_rime_model(processor=processor), processor)
+        >>> generated = encoder.generate(["a red car", "a black cat"], max_new_tokens=4)
+        >>> own = encoder.encode_with_rewrites(["a red car", "a black cat"], [g.token_ids for g in generated])
+        >>> bool(np.allclose(own, [g.embedding for g in generated], atol=1e-4))
+        True
+        >>> encoder.encode_with_rewrites(["a red car", "a black cat"], ["a crimson automobile", None]).shape
+        (2, 64)
+
+        ```
+        """
+        check_choice("convert_to", convert_to, ("numpy", "tensor"))
+        if not isinstance(inputs, (list, tuple)) or not isinstance(rewrites, (list, tuple)):
+            raise TypeError("encode_with_rewrites takes a list of items and a list of rewrites, one per item.")
+        if len(rewrites) != len(inputs):
+            raise ValueError(f"{len(inputs)} inputs but {len(rewrites)} rewrites; give one rewrite per input.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        prepared = self.prepare(list(inputs), "gen", role, instruction, max_length)
+        targets = [target_ids(self.processor, rewrite, f"rewrite {i}") for i, rewrite in enumerate(rewrites)]
+        lengths = [item.num_tokens + len(target) for item, target in zip(prepared, targets)]
+        limit = max_length if max_length is not None else self.max_length
+        too_long = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(
+                f"input {i}: with its rewrite the sequence is {lengths[i]} tokens, longer than max_length={limit}. "
+                "Nothing is truncated: shorten the rewrite or raise max_length."
+            )
+        embeddings = torch.empty(len(prepared), self.embedding_dim, dtype=torch.float32, device=self.device)
+        pad_token_id = self.processor.tokenizer.pad_token_id
+        for indices in self._batches(lengths, batch_size, show_progress_bar, f"Encoding (gen, {role}, rewrites)"):
+            features = self.processor.collate([prepared[i] for i in indices])
+            features = append_target_tokens(features, [targets[i] for i in indices], pad_token_id)
+            del features["labels"]  # embeddings only: the LM head need not run
+            with torch.inference_mode():
+                batch_embeddings = self.model(**features.to(self.device), return_gen_embeddings=True).gen_embeddings
+            _check_finite(batch_embeddings, indices)
+            embeddings[indices] = batch_embeddings.float()
+        return embeddings.cpu().numpy() if convert_to == "numpy" else embeddings
 
     def rewrite_budget(self, max_new_tokens: int | None = None) -> int:
         """The rewrite budget gen mode runs with: `max_new_tokens`, else the model config's default."""
@@ -424,7 +516,8 @@ class RimeEncoder:
         embeddings = torch.empty(len(prepared), self.embedding_dim, dtype=torch.float32, device=self.device)
         outputs: list = [None] * len(prepared)
         desc = f"Encoding ({mode}, {role})" if mode == "disc" else f"Generating ({role})"
-        for indices in self._batches(prepared, batch_size, show_progress_bar, desc):
+        lengths = [item.num_tokens for item in prepared]
+        for indices in self._batches(lengths, batch_size, show_progress_bar, desc):
             # no dtype cast for pixel_values: the backbone casts them to its own dtype
             features = self.processor.collate([prepared[i] for i in indices]).to(self.device)
             with torch.inference_mode():
@@ -437,20 +530,16 @@ class RimeEncoder:
                     batch_embeddings = output.embeddings
                     for row, index in enumerate(indices):
                         outputs[index] = (output, row)
-            bad = (~torch.isfinite(batch_embeddings).all(dim=1)).nonzero().flatten().tolist()
-            if bad:
-                raise FloatingPointError(
-                    f"Non-finite embeddings for input(s) {sorted(indices[row] for row in bad)}: the model produced "
-                    "NaN or inf (check the weights and the dtype; fp16 overflows where bf16 does not)."
-                )
+            _check_finite(batch_embeddings, indices)
             embeddings[indices] = batch_embeddings.float()
         if mode == "gen":
             warn_if_unfinished([out.finished[row] for out, row in outputs], self.rewrite_budget(max_new_tokens))
         return embeddings, outputs
 
-    def _batches(self, prepared: list[PreparedItem], batch_size: int, show_progress_bar: bool | None, desc: str):
-        """Yield batches of indices, longest prompts first, so each batch holds items of similar length."""
-        order = sorted(range(len(prepared)), key=lambda i: -prepared[i].num_tokens)
+    def _batches(self, lengths: list[int], batch_size: int, show_progress_bar: bool | None, desc: str):
+        """Yield batches of indices, longest sequences first (`lengths` in tokens), so each batch holds items of
+        similar length."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         # None: tqdm decides (shown on a terminal), and never for a single batch
         disable = (
@@ -547,6 +636,17 @@ class RimeEncoder:
             for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
         ]
         return hits[0] if single else hits
+
+
+def _check_finite(embeddings: torch.Tensor, indices: list[int]) -> None:
+    """Raise a `FloatingPointError` naming the inputs (positions `indices` of the batch rows) whose embedding is not
+    finite."""
+    bad = (~torch.isfinite(embeddings).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        raise FloatingPointError(
+            f"Non-finite embeddings for input(s) {sorted(indices[row] for row in bad)}: the model produced "
+            "NaN or inf (check the weights and the dtype; fp16 overflows where bf16 does not)."
+        )
 
 
 def _as_items(inputs) -> tuple[bool, list]:

@@ -82,9 +82,10 @@ class QuickstartSettings:
         return cls(stage1_steps=100, rl_steps=2, eval_per_kind=16)
 
 
-def quickstart_processor() -> RimeProcessor:
+def quickstart_processor(extra_texts: list[str] | tuple[str, ...] = (), vocab_size: int = 800) -> RimeProcessor:
     """The tiny offline processor, with a tokenizer that has learnt the synthetic data's words and the prompts'
-    fixed text (chat roles, instructions, rewrite tags), so that each is one or a few tokens."""
+    fixed text (chat roles, instructions, rewrite tags), so that each is one or a few tokens; `extra_texts` (e.g.
+    `reasoning_vocabulary_texts()`) teach it more."""
     from .testing import tiny_rime_processor, tiny_tokenizer
 
     gen_instruction = format_gen_instruction(
@@ -95,11 +96,13 @@ def quickstart_processor() -> RimeProcessor:
         f"{QUICKSTART_INSTRUCTIONS['query_instruction']} {QUICKSTART_INSTRUCTIONS['document_instruction']} "
         f"{gen_instruction}<|im_end|>\n<|im_start|>assistant\n"
     )
-    texts = vocabulary_texts() * 20 + [prompt_text] * 50
+    texts = vocabulary_texts() * 20 + [prompt_text] * 50 + list(extra_texts)
     # Frames as images: with Qwen-VL's video path (two frames merged per temporal patch) the fast run's stage 1
     # reached held-out disc->disc 0.19 against 0.375 as images (one run each), and the measured figures in the README
     # were made this way. Published checkpoints get the video path (see RimeProcessor).
-    return tiny_rime_processor(tokenizer=tiny_tokenizer(extra_texts=texts, vocab_size=800), video_as_images=True)
+    return tiny_rime_processor(
+        tokenizer=tiny_tokenizer(extra_texts=texts, vocab_size=vocab_size), video_as_images=True
+    )
 
 
 def quickstart_model(processor: RimeProcessor, seed: int = 0) -> RimeForEmbedding:
@@ -125,8 +128,9 @@ def quickstart_model(processor: RimeProcessor, seed: int = 0) -> RimeForEmbeddin
     return RimeForEmbedding(config).eval()
 
 
-def train_stage1(model, processor, settings: QuickstartSettings, output_dir, cma_weight: float = 1.0):
-    """Stage 1 on freshly rendered training pairs (`SyntheticPairStream`); returns the model, trained in place."""
+def train_stage1(model, processor, settings: QuickstartSettings, output_dir, cma_weight: float = 1.0, rows=None):
+    """Stage 1 on freshly rendered training pairs (`rows`, by default a `SyntheticPairStream` of the five retrieval
+    kinds); returns the model, trained in place."""
     from .training import RimeContrastiveConfig, RimeContrastiveTrainer
 
     args = RimeContrastiveConfig(
@@ -147,15 +151,17 @@ def train_stage1(model, processor, settings: QuickstartSettings, output_dir, cma
         seed=settings.seed,
     )
     # a stream, so no image is seen twice: with a fixed set of a few hundred pairs the model memorises them
-    rows = SyntheticPairStream(
-        "train", batch_size=settings.batch_size, seed=settings.seed, homogeneous=settings.homogeneous_batches
-    )
+    if rows is None:
+        rows = SyntheticPairStream(
+            "train", batch_size=settings.batch_size, seed=settings.seed, homogeneous=settings.homogeneous_batches
+        )
     RimeContrastiveTrainer(model, args=args, train_dataset=rows, processing_class=processor).train()
     return model.eval()
 
 
 def train_refine_rl(model, processor, rows, settings: QuickstartSettings, output_dir):
-    """A short Refine-RL run (GRPO on the rewrite, anchor-retrieval reward); returns the trained model."""
+    """A short Refine-RL run (GRPO on the rewrite, anchor-retrieval reward); returns the trained model and its curves
+    (`refine_rl_curves`)."""
     from .training import RimeRefineRLConfig, RimeRefineRLTrainer
 
     args = RimeRefineRLConfig(
@@ -179,8 +185,17 @@ def train_refine_rl(model, processor, rows, settings: QuickstartSettings, output
     )
     trainer = RimeRefineRLTrainer(model, args=args, train_dataset=rows, processing_class=processor)
     trainer.train()
-    rewards = [h["rewards/anchor_retrieval_reward/mean"] for h in trainer.state.log_history if "reward" in h]
-    return trainer.merged_model().eval(), rewards
+    return trainer.merged_model().eval(), refine_rl_curves(trainer.state.log_history)
+
+
+def refine_rl_curves(log_history: list[dict]) -> dict[str, list[float]]:
+    """Per logged GRPO step: the mean anchor-retrieval reward (`rewards`) and the share of rollouts cut by the
+    completion budget before `<gen_emb>` (`unfinished`)."""
+    steps = [entry for entry in log_history if "rewards/anchor_retrieval_reward/mean" in entry]
+    return {
+        "rewards": [entry["rewards/anchor_retrieval_reward/mean"] for entry in steps],
+        "unfinished": [entry["completions/clipped_ratio"] for entry in steps],
+    }
 
 
 def evaluate_stage(model, processor, tasks, settings: QuickstartSettings, name: str) -> dict:
@@ -235,7 +250,7 @@ def run_quickstart(output_dir: str | Path, fast: bool = False, settings: Quickst
     # (mostly other kinds) nearly every rollout already scores about 0.95, which leaves GRPO no signal
     rl_per_kind = max(-(-settings.rl_prompts * settings.rl_steps // len(KINDS)), settings.rl_negatives + 1)
     rl_rows = synthetic_pairs("train", rl_per_kind, seed=settings.seed + 2, negatives=settings.rl_negatives)
-    model, rewards = train_refine_rl(model, processor, rl_rows, settings, output_dir / "stage2")
+    model, curves = train_refine_rl(model, processor, rl_rows, settings, output_dir / "stage2")
     stages["stage2"] = evaluate_stage(model, processor, tasks, settings, "stage 2")
     lengths = rewrite_lengths(model, processor, tasks, settings)
     _print_stage("stage2", stages["stage2"])
@@ -254,7 +269,7 @@ def run_quickstart(output_dir: str | Path, fast: bool = False, settings: Quickst
         "stages": stages,
         "rewrite_tokens_median": float(np.median(lengths)),
         "seconds": round(time.perf_counter() - start, 1),
-        "refine_rl_rewards": rewards,
+        "refine_rl_rewards": curves["rewards"],
         "reload_max_difference": reload_difference,
         "parameters": n_params,
         "settings": asdict(settings),

@@ -243,6 +243,30 @@ def write_published_checkpoint(
     return path
 
 
+class ForcedTokens:
+    """A logits processor for tests: every row writes `tokens`, one per step, right after a prompt `prompt_length`
+    tokens long (then whatever the model picks). Pass it to `generate(..., logits_processor=[...])` to make a model
+    write a chosen rewrite.
+
+    ```python
+    >>> force = ForcedTokens(prompt_length=2, tokens=[5])
+    >>> force(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 8)).argmax(dim=-1).tolist()
+    [5]
+
+    ```
+    """
+
+    def __init__(self, prompt_length: int, tokens: list[int]):
+        self.prompt_length, self.tokens = prompt_length, tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_length
+        if step < len(self.tokens):
+            scores = torch.full_like(scores, float("-inf"))
+            scores[:, self.tokens[step]] = 0.0
+        return scores
+
+
 def random_image(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB") -> Image.Image:
     """A reproducible noise image."""
     rng = np.random.default_rng(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from transformers_rime.testing import ForcedTokens
 from transformers_rime.training import RimeContrastiveCollator, append_target_tokens, rewrite_target
 
 
@@ -16,20 +17,6 @@ def _row(i: int, **extra) -> dict:
         "positive_rewrite": f"<rewrite>doc {i}</rewrite>",
         **extra,
     }
-
-
-class ForceSequence:
-    """Logits processor forcing every row to emit `tokens` one per step (then anything)."""
-
-    def __init__(self, prompt_length: int, tokens: list[int]):
-        self.prompt_length, self.tokens = prompt_length, tokens
-
-    def __call__(self, input_ids, scores):
-        step = input_ids.shape[1] - self.prompt_length
-        if step < len(self.tokens):
-            scores = torch.full_like(scores, float("-inf"))
-            scores[:, self.tokens[step]] = 0.0
-        return scores
 
 
 def test_sequence_is_the_gen_prompt_then_the_rewrite_and_only_the_rewrite_is_labelled(processor):
@@ -60,7 +47,7 @@ def test_teacher_forced_embeddings_equal_inference_embeddings(processor, model, 
         trained = model(**features, return_gen_embeddings=True)
     prompt = processor(text=["what is shown?"], images=[image], mode="gen", role="query", return_tensors="pt")
     target = processor.tokenizer("<rewrite>a noisy picture</rewrite><gen_emb>", add_special_tokens=False)["input_ids"]
-    force = ForceSequence(prompt["input_ids"].shape[1], target)
+    force = ForcedTokens(prompt["input_ids"].shape[1], target)
     generated = model.generate_embeddings(**prompt, max_new_tokens=len(target), logits_processor=[force])
     assert generated.finished.tolist() == [True]
     assert generated.sequences[0].tolist() == target

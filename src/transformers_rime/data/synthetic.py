@@ -15,6 +15,10 @@ colour and a shape. A quarter of the 32 colour-shape pairs (one per colour, each
 `train` split, and every `heldout` item contains at least one of them, so held-out scores measure composition,
 not memory. Renders are jittered (position, size, background), so no two images are the same.
 
+Four more kinds need a step of reasoning (`counting`, `spatial`, `composition`, `negation`; see
+`transformers_rime.data.reasoning`) and also carry gold chains of thought. `KINDS` are the five above,
+`REASONING_KINDS` the four, `ALL_KINDS` both; every function here takes any of them.
+
 `synthetic_pairs` gives a fixed list of training rows, `SyntheticPairStream` an endless stream of fresh renders
 (what the quickstart trains on), and `synthetic_examples` the examples of one kind
 (`transformers_rime.evaluation.synthetic_tasks` makes the held-out evaluation tasks from them).
@@ -30,48 +34,58 @@ not memory. Renders are jittered (position, size, background), so no two images 
 from __future__ import annotations
 
 import itertools
-import math
 import random
 
 import torch
 from PIL import Image, ImageDraw
 
+from .reasoning import REASONING_KINDS, REASONING_MAKERS
+from .scenes import (
+    COLORS,
+    HELDOUT_PAIRS,
+    SHAPES,
+    SIZE,
+    check_split,
+    dark_background,
+    draw_shape,
+    pick_objects,
+    place_center,
+)
 
-COLORS = {
-    "red": (225, 40, 40),
-    "green": (40, 185, 70),
-    "blue": (50, 90, 235),
-    "yellow": (240, 215, 40),
-    "purple": (150, 60, 200),
-    "orange": (250, 140, 30),
-    "white": (245, 245, 245),
-    "cyan": (40, 210, 220),
-}
-SHAPES = ("circle", "square", "triangle", "star")
+
 KINDS = ("text_to_image", "image_to_text", "image_question_to_answer", "text_to_page", "text_to_video")
-HELDOUT_PAIRS = frozenset((color, SHAPES[i % len(SHAPES)]) for i, color in enumerate(COLORS))
+ALL_KINDS = KINDS + REASONING_KINDS
 _NUMBERS = {1: "a", 2: "two", 3: "three"}
 _ROW_KEYS = ("query", "positive", "query_rewrite", "positive_rewrite", "source")
-_SIZE = 56  # pixels: 2x2 merged visual tokens per image with the tiny processor (patch 14)
 
 
-def synthetic_pairs(split: str = "train", per_kind: int = 64, seed: int = 0, negatives: int = 0) -> list[dict]:
+def synthetic_pairs(
+    split: str = "train",
+    per_kind: int = 64,
+    seed: int = 0,
+    negatives: int = 0,
+    kinds: tuple[str, ...] = KINDS,
+    chains: bool = False,
+) -> list[dict]:
     """Training rows for the contrastive and Refine-RL trainers: `query`, `positive`, their gold rewrites and
     `source` (the kind), `per_kind` of each kind, interleaved. Within a kind no query and no document repeats, so
     in-batch negatives are never copies of the positive. With `negatives=k`, each row also gets `negatives`: the
-    documents of `k` other rows of its kind (hard negatives, as the held-out tasks rank within a kind)."""
+    documents of `k` other rows of its kind (hard negatives, as the held-out tasks rank within a kind).
+    `kinds` picks the kinds (any of `ALL_KINDS`); with `chains=True` the rewrites are the gold chains of thought
+    (`transformers_rime.data.reasoning`, whose kinds alone have them)."""
+    _check_kinds(kinds, chains)
     if negatives < 0 or (negatives and negatives >= per_kind):
         raise ValueError(f"negatives must be in [0, per_kind), got {negatives} with per_kind={per_kind}.")
-    examples = [synthetic_examples(kind, split, per_kind, seed) for kind in KINDS]
+    examples = [synthetic_examples(kind, split, per_kind, seed) for kind in kinds]
     rng = random.Random(f"negatives-{split}-{seed}")
     rows = []
     for group in itertools.zip_longest(*examples):
         for row in group:
             if row is None:
                 continue
-            rows.append({key: row[key] for key in _ROW_KEYS})
+            rows.append(_training_row(row, chains))
             if negatives:
-                others = [other for other in examples[KINDS.index(row["source"])] if other is not row]
+                others = [other for other in examples[kinds.index(row["source"])] if other is not row]
                 rows[-1]["negatives"] = [other["positive"] for other in rng.sample(others, negatives)]
     return rows
 
@@ -87,9 +101,11 @@ class SyntheticPairStream(torch.utils.data.IterableDataset):
         split (`str`, defaults to `"train"`): `"train"` or `"heldout"` (see `synthetic_pairs`).
         batch_size (`int`, defaults to 32): the block within which rows are distinct.
         seed (`int`, defaults to 0): the same seed gives the same rows.
-        kinds (`tuple[str, ...]`, defaults to `KINDS`): the kinds to draw.
+        kinds (`tuple[str, ...]`, defaults to `KINDS`): the kinds to draw, any of `ALL_KINDS`.
         homogeneous (`bool`, defaults to `False`): one kind per block (kinds take turns between blocks) instead of
             kinds taking turns within each block.
+        chains (`bool`, defaults to `False`): train on the gold chains of thought instead of the gold rewrites (the
+            reasoning kinds only).
 
     ```python
     >>> stream = SyntheticPairStream(batch_size=8, seed=0)
@@ -107,13 +123,12 @@ class SyntheticPairStream(torch.utils.data.IterableDataset):
         seed: int = 0,
         kinds: tuple[str, ...] = KINDS,
         homogeneous: bool = False,
+        chains: bool = False,
     ):
-        _check_split(split)
-        unknown = set(kinds) - set(KINDS)
-        if unknown or not kinds:
-            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}.")
+        check_split(split)
+        _check_kinds(kinds, chains)
         self.split, self.batch_size, self.seed, self.kinds = split, batch_size, seed, tuple(kinds)
-        self.homogeneous = homogeneous
+        self.homogeneous, self.chains = homogeneous, chains
 
     def __iter__(self):
         rng = random.Random(f"stream-{self.split}-{self.seed}")
@@ -128,18 +143,32 @@ class SyntheticPairStream(torch.utils.data.IterableDataset):
                 else:
                     raise ValueError(f"{kind}: batch_size={self.batch_size} is more than it has distinct examples.")
                 seen.update((row["query_key"], row["positive_key"]))
-                yield {key: row[key] for key in _ROW_KEYS if key != "source"} | {"source": kind}
+                yield _training_row(row | {"source": kind}, self.chains)
 
 
-def _check_split(split: str) -> None:
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', not {split!r}.")
+def _check_kinds(kinds: tuple[str, ...], chains: bool) -> None:
+    unknown = set(kinds) - set(ALL_KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {ALL_KINDS}, got {kinds!r}.")
+    if chains and set(kinds) - set(REASONING_KINDS):
+        raise ValueError(f"chains=True needs kinds with gold chains of thought, {REASONING_KINDS}; got {kinds!r}.")
+
+
+def _training_row(example: dict, chains: bool) -> dict:
+    """The trainer's columns of an example; with `chains`, its chains of thought stand in for the rewrites."""
+    row = {key: example[key] for key in _ROW_KEYS}
+    if chains:
+        row.update(query_rewrite=example["query_chain"], positive_rewrite=example["positive_chain"])
+    return row
 
 
 def synthetic_examples(kind: str, split: str, count: int, seed: int) -> list[dict]:
     """`count` distinct examples of `kind` in `split`: a query, its document, their gold rewrites, the keys that tell
-    two scenes apart (`query_key`, `positive_key`) and `source` (the kind). The same arguments give the same rows."""
-    _check_split(split)
+    two scenes apart (`query_key`, `positive_key`) and `source` (the kind); the reasoning kinds add their gold
+    chains of thought and the `scene` they were rendered from. The same arguments give the same rows."""
+    check_split(split)
+    if kind not in _MAKERS:
+        raise ValueError(f"Unknown kind {kind!r}; use one of {ALL_KINDS}.")
     rng = random.Random(f"{kind}-{split}-{seed}")
     make = _MAKERS[kind]
     rows, seen, attempts = [], set(), 0
@@ -155,32 +184,14 @@ def synthetic_examples(kind: str, split: str, count: int, seed: int) -> list[dic
     return rows
 
 
-def _pair(rng: random.Random, split: str, avoid: tuple | None = None) -> tuple[str, str]:
-    """A colour-shape pair allowed in `split` (held-out pairs only in `heldout`)."""
-    while True:
-        pair = (rng.choice(list(COLORS)), rng.choice(SHAPES))
-        if pair != avoid and (split == "heldout" or pair not in HELDOUT_PAIRS):
-            return pair
-
-
-def _objects(rng: random.Random, split: str, count: int) -> list[tuple[str, str]]:
-    """`count` distinct pairs; in `heldout`, at least one of them is a held-out pair."""
-    while True:
-        objects = [_pair(rng, split)]
-        while len(objects) < count:
-            objects.append(_pair(rng, split, avoid=objects[0]))
-        if split == "train" or any(o in HELDOUT_PAIRS for o in objects):
-            return objects
-
-
 def _scene(rng: random.Random, split: str) -> dict:
     """A scene description: one object (1-3 copies) at a position, or two objects side by side or stacked."""
     if rng.random() < 0.5:
-        (obj,) = _objects(rng, split, 1)
+        (obj,) = pick_objects(rng, split, 1)
         count = rng.choice((1, 1, 2, 3))
         position = rng.choice(("left", "right", "top", "bottom", "center"))
         return {"layout": "single", "objects": [obj], "count": count, "position": position}
-    first, second = _objects(rng, split, 2)
+    first, second = pick_objects(rng, split, 2)
     return {"layout": rng.choice(("row", "column")), "objects": [first, second], "count": 1}
 
 
@@ -197,25 +208,18 @@ def _caption(scene: dict) -> tuple[str, str]:
 
 
 def _render(scene: dict, rng: random.Random) -> Image.Image:
-    background = tuple(rng.randint(0, 60) for _ in range(3))
-    image = Image.new("RGB", (_SIZE, _SIZE), background)
+    background = dark_background(rng)
+    image = Image.new("RGB", (SIZE, SIZE), background)
     draw = ImageDraw.Draw(image)
-    half, quarter = _SIZE // 2, _SIZE // 4
+    half, quarter = SIZE // 2, SIZE // 4
     if scene["layout"] == "single":
-        centers = {
-            "left": (quarter, half),
-            "right": (3 * quarter, half),
-            "top": (half, quarter),
-            "bottom": (half, 3 * quarter),
-            "center": (half, half),
-        }
-        cx, cy = centers[scene["position"]]
+        cx, cy = place_center(scene["position"])
         count, size = scene["count"], rng.randint(7, 9) if scene["count"] > 1 else rng.randint(9, 12)
         vertical = scene["position"] in ("left", "right")
         for i in range(count):
             offset = (i - (count - 1) / 2) * (2 * size + 2)
             x, y = (cx, cy + offset) if vertical else (cx + offset, cy)
-            _shape(draw, *scene["objects"][0], (x, y), size)
+            draw_shape(draw, *scene["objects"][0], (x, y), size)
     else:
         spots = (
             [(quarter, half), (3 * quarter, half)]
@@ -223,26 +227,8 @@ def _render(scene: dict, rng: random.Random) -> Image.Image:
             else [(half, quarter), (half, 3 * quarter)]
         )
         for obj, (x, y) in zip(scene["objects"], spots):
-            _shape(draw, *obj, (x + rng.randint(-3, 3), y + rng.randint(-3, 3)), rng.randint(9, 12))
+            draw_shape(draw, *obj, (x + rng.randint(-3, 3), y + rng.randint(-3, 3)), rng.randint(9, 12))
     return image
-
-
-def _shape(draw: ImageDraw.ImageDraw, color: str, shape: str, center: tuple[float, float], size: int) -> None:
-    x, y, fill = center[0], center[1], COLORS[color]
-    box = (x - size, y - size, x + size, y + size)
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(x, y - size), (x - size, y + size), (x + size, y + size)], fill=fill)
-    else:  # a five-pointed star: outer and inner vertices alternate
-        points = []
-        for i in range(10):
-            radius = size if i % 2 == 0 else size * 0.45
-            angle = math.pi * (i / 5 - 0.5)
-            points.append((x + radius * math.cos(angle), y + radius * math.sin(angle)))
-        draw.polygon(points, fill=fill)
 
 
 def _text_to_image(rng, split):
@@ -264,7 +250,7 @@ def _image_to_text(rng, split):
 
 
 def _image_question_to_answer(rng, split):
-    first, second = _objects(rng, split, 2)
+    first, second = pick_objects(rng, split, 2)
     layout = rng.choice(("row", "column"))
     scene = {"layout": layout, "objects": [first, second], "count": 1}
     places = ("left", "right") if layout == "row" else ("top", "bottom")
@@ -287,30 +273,30 @@ def _image_question_to_answer(rng, split):
 
 
 def _text_to_page(rng, split):
-    ((color, shape),) = _objects(rng, split, 1)
+    ((color, shape),) = pick_objects(rng, split, 1)
     title = rng.choice(("report", "invoice", "memo", "menu", "letter"))
-    page = Image.new("RGB", (_SIZE, _SIZE + 28), (250, 250, 245))
+    page = Image.new("RGB", (SIZE, SIZE + 28), (250, 250, 245))
     draw = ImageDraw.Draw(page)
-    draw.rectangle((0, 0, _SIZE, 14), fill=COLORS[color] if color != "white" else (200, 200, 200))
+    draw.rectangle((0, 0, SIZE, 14), fill=COLORS[color] if color != "white" else (200, 200, 200))
     draw.text((3, 2), title.upper()[:8], fill=(0, 0, 0))
-    _shape(draw, "white" if color != "white" else "blue", shape, (_SIZE - 12, 7), 5)
+    draw_shape(draw, "white" if color != "white" else "blue", shape, (SIZE - 12, 7), 5)
     for line in range(5):  # body text: grey lines of random length
         y = 22 + line * 11
-        draw.line((4, y, rng.randint(24, _SIZE - 4), y), fill=(120, 120, 120), width=2)
-    _shape(draw, color, shape, (_SIZE // 2, _SIZE + 12), 9)
+        draw.line((4, y, rng.randint(24, SIZE - 4), y), fill=(120, 120, 120), width=2)
+    draw_shape(draw, color, shape, (SIZE // 2, SIZE + 12), 9)
     return _text_query(f"the {color} {title} with a {shape} logo", page, f"{color} {title}, {shape} logo")
 
 
 def _text_to_video(rng, split):
-    ((color, shape),) = _objects(rng, split, 1)
+    ((color, shape),) = pick_objects(rng, split, 1)
     direction = rng.choice(("left", "right", "up", "down"))
-    background = tuple(rng.randint(0, 60) for _ in range(3))
+    background = dark_background(rng)
     frames = []
     for step in range(4):
-        frame = Image.new("RGB", (_SIZE, _SIZE), background)
-        travel = 8 + step * 13 if direction in ("right", "down") else _SIZE - 8 - step * 13
-        center = (travel, _SIZE // 2) if direction in ("left", "right") else (_SIZE // 2, travel)
-        _shape(ImageDraw.Draw(frame), color, shape, center, 8)
+        frame = Image.new("RGB", (SIZE, SIZE), background)
+        travel = 8 + step * 13 if direction in ("right", "down") else SIZE - 8 - step * 13
+        center = (travel, SIZE // 2) if direction in ("left", "right") else (SIZE // 2, travel)
+        draw_shape(ImageDraw.Draw(frame), color, shape, center, 8)
         frames.append(frame)
     return _text_query(f"a {color} {shape} moving {direction}", frames, f"{color} {shape} moves {direction}")
 
@@ -327,6 +313,7 @@ _MAKERS = {
     "image_question_to_answer": _image_question_to_answer,
     "text_to_page": _text_to_page,
     "text_to_video": _text_to_video,
+    **REASONING_MAKERS,
 }
 
 
@@ -341,3 +328,17 @@ def vocabulary_texts() -> list[str]:
         "a cyan square moving left, right, up, down; white moves",
     ]
     return words + phrases
+
+
+__all__ = [
+    "ALL_KINDS",
+    "COLORS",
+    "HELDOUT_PAIRS",
+    "KINDS",
+    "REASONING_KINDS",
+    "SHAPES",
+    "SyntheticPairStream",
+    "synthetic_examples",
+    "synthetic_pairs",
+    "vocabulary_texts",
+]

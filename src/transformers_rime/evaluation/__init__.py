@@ -6,6 +6,8 @@
 - `mmeb`: MMEB-V2's 78 tasks (pinned) and its aggregation (`mmeb_v2_scores`); `mmeb_data` and `mmeb_video`:
   readers for a local copy of its evaluation files, all 78 tasks (`read_mmeb_v2`).
 - `mteb`: `RimeMtebEncoder`, so that mteb can evaluate a `RimeEncoder` (mteb is not a dependency).
+- `sensitivity`: `rewrite_sensitivity`, how much gen embeddings depend on their rewrites (swapped between queries
+  or removed), and `format_rewrite_sensitivity`, its table (`rime diagnose`).
 """
 
 from .harness import encoder_fingerprint, evaluate, write_reports
@@ -14,6 +16,7 @@ from .mmeb import MMEB_V2_TASKS, mmeb_v2_scores
 from .mmeb_data import read_mmeb_v2
 from .mteb import RimeMtebEncoder
 from .plot import plot_results
+from .sensitivity import format_rewrite_sensitivity, rewrite_sensitivity
 from .tasks import (
     DEFAULT_METRICS,
     RetrievalTask,
@@ -33,10 +36,12 @@ __all__ = [
     "compute_metric",
     "encoder_fingerprint",
     "evaluate",
+    "format_rewrite_sensitivity",
     "parse_metric",
     "plot_results",
     "read_mmeb_v2",
     "read_task",
+    "rewrite_sensitivity",
     "synthetic_tasks",
     "write_reports",
     "write_task",

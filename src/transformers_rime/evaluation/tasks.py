@@ -244,9 +244,11 @@ def _lookup(ids: dict, key, where: str) -> int:
     return ids[str(key)]
 
 
-def synthetic_tasks(split: str = "heldout", per_kind: int = 32, seed: int = 1) -> list[RetrievalTask]:
-    """One `RetrievalTask` per kind of `transformers_rime.data.synthetic`: each query against the `per_kind`
-    documents of its kind (Hit@1).
+def synthetic_tasks(
+    split: str = "heldout", per_kind: int = 32, seed: int = 1, kinds: tuple[str, ...] = KINDS
+) -> list[RetrievalTask]:
+    """One `RetrievalTask` per kind of `transformers_rime.data.synthetic` (by default the five retrieval kinds; any of
+    `ALL_KINDS`, e.g. `REASONING_KINDS`): each query against the `per_kind` documents of its kind (Hit@1).
 
     ```python
     >>> [task.name for task in synthetic_tasks("heldout", per_kind=4, seed=1)]
@@ -255,7 +257,7 @@ def synthetic_tasks(split: str = "heldout", per_kind: int = 32, seed: int = 1) -
     ```
     """
     tasks = []
-    for kind in KINDS:
+    for kind in kinds:
         rows = synthetic_examples(kind, split, per_kind, seed)
         corpus, index, relevance = [], {}, []
         for row in rows:

@@ -2,100 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from transformers import BatchFeature
 
-from ..data.readers import clean_rewrite
 from ..models.rime.configuration_rime import MODES
 from ..models.rime.processing_rime import RimeProcessor
+from ..teacher_forcing import PER_TOKEN_KEYS, append_target_tokens, left_pad, rewrite_target, rewrite_target_ids
 from .rows import TrainingItem, parse_row, row_origin
 
 
 DISC, GEN = MODES
 GROUPS = ("query", "positive", "negative")
-# Processor outputs with one value per token besides the ids and the mask, extended with zeros (text) when the
-# target is appended. Chosen by name: a tensor that merely has the ids' shape (pixel_values with as many patches as
-# rows and a patch dimension equal to the prompt length) is not per-token data.
-PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
-
-
-def left_pad(sequences: Sequence[torch.Tensor | Sequence[int]], fill: int) -> torch.Tensor:
-    """Stack 1-D sequences (tensors, or id lists made `long` tensors) into one `(B, L)` tensor, right-aligned, with
-    `fill` on the left (RIME pads on the left, so every row's last token is at the same position).
-
-    ```python
-    >>> left_pad([[5, 6, 7], [8]], fill=0).tolist()
-    [[5, 6, 7], [0, 0, 8]]
-
-    ```
-    """
-    rows = [s if isinstance(s, torch.Tensor) else torch.tensor(list(s), dtype=torch.long) for s in sequences]
-    width = max(len(row) for row in rows)
-    return torch.stack([torch.cat([row.new_full((width - len(row),), fill), row]) for row in rows])
-
-
-def rewrite_target(rewrite: str, rewrite_start: str, rewrite_end: str, gen_emb_token: str) -> str:
-    """The assistant text a gen-mode sequence is teacher-forced on: the rewrite, then `<gen_emb>`.
-
-    Plain text is wrapped in the rewrite tags; an annotation that already starts with a tag (`<rewrite>...`, or
-    UME-R1's `<think>...`) is kept verbatim. A trailing `<gen_emb>` (or `<|im_end|>`) is dropped, not doubled.
-
-    ```python
-    >>> rewrite_target("a red car", "<rewrite>", "</rewrite>", "<gen_emb>")
-    '<rewrite>a red car</rewrite><gen_emb>'
-    >>> rewrite_target("<rewrite>a red car</rewrite><gen_emb>", "<rewrite>", "</rewrite>", "<gen_emb>")
-    '<rewrite>a red car</rewrite><gen_emb>'
-
-    ```
-    """
-    text = clean_rewrite(rewrite.strip(), gen_emb_token)
-    if text is None:
-        raise ValueError("empty rewrite")
-    if not text.startswith("<"):
-        text = f"{rewrite_start}{text}{rewrite_end}"
-    return text + gen_emb_token
-
-
-def append_target_tokens(batch: BatchFeature, targets: list[list[int]], pad_token_id: int) -> BatchFeature:
-    """Append each row's target ids after its prompt and label only them; re-pad on the left.
-
-    Prompts and targets are tokenized separately and joined as ids, so the label boundary is exact whatever the
-    tokenizer would merge across it. The per-token tensors named in `PER_TOKEN_KEYS` (`mm_token_type_ids`) are
-    extended with zeros (text); every other entry (`pixel_values`, `image_grid_thw`, ...) is kept as it is.
-
-    Args:
-        batch (`BatchFeature`): the processor's left-padded prompt batch (`input_ids`, `attention_mask`, ...).
-        targets (`list[list[int]]`): one id list per row.
-        pad_token_id (`int`): id used for padding.
-
-    Returns:
-        `BatchFeature` with the same keys plus `labels` (-100 on prompt and padding).
-
-    ```python
-    >>> batch = BatchFeature({"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]),
-    ...                       "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])})
-    >>> out = append_target_tokens(batch, [[1, 2], [3]], pad_token_id=0)
-    >>> out["input_ids"].tolist(), out["labels"].tolist()
-    ([[5, 6, 1, 2], [7, 8, 9, 3]], [[-100, -100, 1, 2], [-100, -100, -100, 3]])
-
-    ```
-    """
-    input_ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    per_token = [k for k in PER_TOKEN_KEYS if k in batch]
-    rows = []
-    for i, target in enumerate(targets):
-        prompt = input_ids[i][mask[i]]
-        tail = torch.tensor(target, dtype=input_ids.dtype)
-        rows.append((prompt, tail, {k: batch[k][i][mask[i]] for k in per_token}))
-    out = {k: v for k, v in batch.items() if k not in per_token and k not in ("input_ids", "attention_mask")}
-    out["input_ids"] = left_pad([torch.cat([p, t]) for p, t, _ in rows], pad_token_id)
-    out["attention_mask"] = left_pad([torch.ones(len(p) + len(t), dtype=torch.long) for p, t, _ in rows], 0)
-    out["labels"] = left_pad([torch.cat([torch.full_like(p, -100), t]) for p, t, _ in rows], -100)
-    for key in per_token:
-        out[key] = left_pad([torch.cat([extra[key], extra[key].new_zeros(len(t))]) for _, t, extra in rows], 0)
-    return BatchFeature(out)
 
 
 class RimeContrastiveCollator:
@@ -192,12 +108,9 @@ class RimeContrastiveCollator:
             prepared.append(processor.prepare_item(item.item, mode, instruction, item.where))
             if with_gen:
                 try:
-                    text = rewrite_target(
-                        item.rewrite, processor.rewrite_start, processor.rewrite_end, processor.gen_emb_token
-                    )
+                    targets.append(rewrite_target_ids(processor, item.rewrite))
                 except ValueError as error:
                     raise ValueError(f"{item.where}: {error}") from None
-                targets.append(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         batch = processor.collate(prepared)
         if with_gen:
             batch = append_target_tokens(batch, targets, processor.tokenizer.pad_token_id)
@@ -212,4 +125,12 @@ class RimeContrastiveCollator:
         return batch
 
 
-__all__ = ["RimeContrastiveCollator", "append_target_tokens", "left_pad", "rewrite_target"]
+# The teacher-forcing helpers live in `transformers_rime.teacher_forcing`; they are re-exported here, where they
+# were first defined, so that existing imports keep working.
+__all__ = [
+    "PER_TOKEN_KEYS",
+    "RimeContrastiveCollator",
+    "append_target_tokens",
+    "left_pad",
+    "rewrite_target",
+]

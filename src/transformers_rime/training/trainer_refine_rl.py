@@ -19,9 +19,9 @@ from ..models.rime.configuration_rime import MODES
 from ..models.rime.inputs_rime import RimeInput
 from ..models.rime.modeling_rime import RimeForEmbedding
 from ..models.rime.processing_rime import RimeProcessor
+from ..teacher_forcing import left_pad
 from .candidates import CandidatePool
 from .checkpoints import NEEDS_PROCESSOR, RimeCheckpointMixin, load_model_to_train
-from .collator import left_pad
 from .configuration_refine_rl import RimeRefineRLConfig
 from .refine_rl_setup import make_reference_loadable, reward_functions, rollout_dataset
 from .rollouts import PairedRepeatSampler, eval_mode, gen_embedding_ids, patch_offsets
