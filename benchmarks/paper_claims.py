@@ -53,6 +53,9 @@ class StudySettings:
     rl_generations: int = 4
     rl_negatives: int = 7
     rl_learning_rate: float = 3e-5
+    # distinct RL rows per kind at most, repeated over epochs when the steps need more (counting has only 96
+    # distinct training documents)
+    rl_rows_per_kind: int = 80
     eval_per_kind: int = 32
     max_new_tokens: int = 24  # the rewrite budget (gold rewrites are at most 11 tokens)
     chain_max_new_tokens: int = 128  # the chain-of-thought budget (gold chains are at most ~90 tokens)
@@ -116,9 +119,8 @@ def run_seed(seed: int, settings: StudySettings, output_dir: Path, parts: tuple[
     results["rewrite"] = measure(model, "stage 1 (rewrites)", settings.max_new_tokens)
 
     if "refine_rl" in parts:
-        # at most 64 distinct rows per kind (counting has 96 distinct training documents), repeated over epochs
         prompts_per_kind = -(-settings.rl_prompts * settings.rl_steps // len(REASONING_KINDS))
-        rl_per_kind = max(min(prompts_per_kind, 64), settings.rl_negatives + 1)
+        rl_per_kind = max(min(prompts_per_kind, settings.rl_rows_per_kind), settings.rl_negatives + 1)
         rl_rows = synthetic_pairs(
             "train", rl_per_kind, seed=seed + 2, negatives=settings.rl_negatives, kinds=REASONING_KINDS
         )
