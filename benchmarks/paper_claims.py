@@ -152,11 +152,13 @@ def evaluate_model(model, processor, tasks, budget: int) -> dict:
     encoder = RimeEncoder(model, processor)
     with tempfile.TemporaryDirectory() as scratch:
         results = evaluate(encoder, tasks, output_dir=scratch, max_new_tokens=budget, show_progress_bar=False)
-    figures = {"hit@1": {}, "exact_match": {}, "tokens_per_item": {}, "items_per_second": {}, "examples": {}}
+    figures = {"hit@1": {}, "exact_match": {}, "tokens_per_item": {}, "unfinished": {}, "items_per_second": {}}
+    figures["examples"] = {}
     for task in tasks:
         per_task = results["tasks"][task.name]
         figures["hit@1"][task.name] = {pair: per_task["scores"][pair] for pair in PAIRS}
         figures["tokens_per_item"][task.name] = per_task["generated_tokens_per_item"]["queries/gen"]
+        figures["unfinished"][task.name] = per_task["unfinished_share"]["queries/gen"]  # cut by the budget
         speed = per_task["items_per_second"]
         figures["items_per_second"][task.name] = {mode: speed[f"queries/{mode}"] for mode in ("gen", "disc")}
         meta = task.metadata
@@ -279,10 +281,15 @@ def _rewrite_vs_chain(runs: list[dict]) -> str:
             for mode in ("gen", "disc")
         }
         hits = [cell(_overall(runs, part, pair)) for pair in GEN_PAIRS]
-        rows.append([name, *hits, cell(exact), cell(tokens, 1), cell(speed["gen"], 0), cell(speed["disc"], 0)])
+        # runs made before the unfinished share was recorded have none
+        recorded = all("unfinished" in run[part] for run in runs)
+        unfinished = cell([statistics.fmean(run[part]["unfinished"].values()) for run in runs]) if recorded else "n/a"
+        rows.append(
+            [name, *hits, cell(exact), cell(tokens, 1), unfinished, cell(speed["gen"], 0), cell(speed["disc"], 0)]
+        )
     return _table(
         "**Rewrite vs chain of thought** (same model, data, steps; mean over kinds):",
-        ["targets", *GEN_PAIRS, "exact match", "tokens / query", "gen items/s", "disc items/s"],
+        ["targets", *GEN_PAIRS, "exact match", "tokens / query", "unfinished", "gen items/s", "disc items/s"],
         rows,
     )
 

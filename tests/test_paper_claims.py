@@ -46,6 +46,7 @@ def _run(seed: int, gen: float) -> dict:
         "hit@1": hits,
         "exact_match": dict.fromkeys(kinds, 0.5),
         "tokens_per_item": dict.fromkeys(kinds, 6.0),
+        "unfinished": dict.fromkeys(kinds, 0.25),
         "items_per_second": {kind: {"gen": 100.0, "disc": 300.0} for kind in kinds},
         "sensitivity": sensitivity,
     }
@@ -65,7 +66,10 @@ def test_report_states_each_kind_verdict_and_the_curves(study):
     text = study.report([_run(seed, gen=0.9) for seed in range(3)])
     assert "| counting | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.910 ± 0.010 | 0.500 ± 0.000 | gen->disc |" in text
     assert "step 1: 0.100" in text and "step 4: 0.000" in text
-    assert "| 60.0 ± 0.0 |" in text and "| stage 1 | 0.800 ± 0.000 | 0.200 ± 0.000 | 0.400 ± 0.000 |" in text
+    assert (
+        "| 60.0 ± 0.0 | 0.250 ± 0.000 |" in text
+        and "| stage 1 | 0.800 ± 0.000 | 0.200 ± 0.000 | 0.400 ± 0.000 |" in text
+    )
     close = study.report([_run(seed, gen=0.5) for seed in range(3)])
     assert "| counting | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.510 ± 0.010 | 0.500 ± 0.000 | no |" in close
 
@@ -75,3 +79,7 @@ def test_report_leaves_out_the_parts_a_study_did_not_run(study):
     text = study.report(runs)
     assert "**Refine-RL** (4 GRPO steps" in text and "| stage 2 |" in text
     assert "chain of thought" not in text and "CMA ablation" not in text
+    older = [_run(seed, gen=0.9) for seed in range(3)]
+    for run in older:  # a run made before the unfinished share was recorded
+        del run["chain"]["unfinished"]
+    assert "| 60.0 ± 0.0 | n/a |" in study.report(older)
