@@ -33,7 +33,17 @@ import random
 
 from PIL import Image, ImageDraw
 
-from .scenes import COLORS, HELDOUT_PAIRS, SHAPES, SIZE, dark_background, draw_shape, pick_pair, place_center
+from .scenes import (
+    COLORS,
+    HELDOUT_PAIRS,
+    SHAPES,
+    SIZE,
+    dark_background,
+    draw_shape,
+    pick_pair,
+    place_center,
+    place_phrase,
+)
 
 
 REASONING_KINDS = ("counting", "spatial", "composition", "negation")
@@ -49,10 +59,6 @@ def article(color: str) -> str:
 
 def plural(shape: str, count: int) -> str:
     return shape + ("s" if count != 1 else "")
-
-
-def place_phrase(place: str) -> str:
-    return "in the center" if place == "center" else f"on the {place}"
 
 
 def chain(steps: str, answer: str) -> str:

@@ -64,6 +64,11 @@ def place_center(place: str, size: int = SIZE) -> tuple[int, int]:
     }[place]
 
 
+def place_phrase(place: str) -> str:
+    """How a caption says `place`: "in the center", "on the left", ..."""
+    return "in the center" if place == "center" else f"on the {place}"
+
+
 def draw_shape(draw: ImageDraw.ImageDraw, color: str, shape: str, center: tuple[float, float], size: int) -> None:
     """Fill `shape` in `color`, centred at `center`, `size` pixels from the centre to the edge."""
     x, y, fill = center[0], center[1], COLORS[color]

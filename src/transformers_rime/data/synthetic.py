@@ -50,6 +50,7 @@ from .scenes import (
     draw_shape,
     pick_objects,
     place_center,
+    place_phrase,
 )
 
 
@@ -200,7 +201,7 @@ def _caption(scene: dict) -> tuple[str, str]:
     if scene["layout"] == "single":
         (color, shape), count, where = scene["objects"][0], scene["count"], scene["position"]
         plural = shape + ("s" if count > 1 else "")
-        place = "in the center" if where == "center" else f"on the {where}"
+        place = place_phrase(where)
         return f"{_NUMBERS[count]} {color} {plural} {place}", f"{count} {color} {plural} {where}"
     (c1, s1), (c2, s2) = scene["objects"]
     a, b = ("left", "right") if scene["layout"] == "row" else ("top", "bottom")
